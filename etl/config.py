@@ -1,0 +1,214 @@
+"""Configuration: the TOML file, the environment and command-line overrides, validated once.
+
+Every problem is reported as a :class:`ConfigError` whose message names the file and the key,
+so the CLI can print it as one line and exit 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+API_KEY_ENV = "ULTRAVOX_API_KEY"
+DATABASE_URL_ENV = "ULTRAVOX_ETL_DATABASE_URL"
+DEFAULT_BASE_URL = "https://api.ultravox.ai"
+DEFAULT_DATABASE_URL = "sqlite:///ultravox_etl.db"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str = DEFAULT_BASE_URL
+    page_size: int = 100
+    timeout_seconds: float = 30.0
+    max_attempts: int = 6
+    """Attempts per request, the first one included, before the batch fails."""
+    backoff_initial_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    retry_after_max_seconds: float = 120.0
+    """A longer `Retry-After` is cut to this, so one answer cannot stall a cron run for hours."""
+
+
+@dataclass(frozen=True)
+class BatchRef:
+    """One configured scheduled call batch."""
+
+    agent_id: str
+    batch_id: str
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiSettings
+    database_url: str
+    batches: tuple[BatchRef, ...]
+    api_key: str = field(default="", repr=False)
+    source: str = "<defaults>"
+
+
+_API_KEYS: dict[str, type] = {
+    "base_url": str,
+    "page_size": int,
+    "timeout_seconds": float,
+    "max_attempts": int,
+    "backoff_initial_seconds": float,
+    "backoff_max_seconds": float,
+    "retry_after_max_seconds": float,
+}
+_TOP_LEVEL_KEYS = {"api", "database", "batches"}
+_DATABASE_KEYS = {"url"}
+_BATCH_KEYS = {"agent_id", "batch_id"}
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    database_url: str | None = None,
+    require_api_key: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read and validate the config file; apply the environment and `database_url` override.
+
+    Precedence of the database URL: `database_url` (the CLI flag), then
+    `ULTRAVOX_ETL_DATABASE_URL`, then `[database] url`, then the SQLite default.
+    """
+    env = os.environ if environ is None else environ
+    where = str(path)
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: config file is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML: {exc}") from None
+    return parse_config(
+        data,
+        source=where,
+        database_url=database_url,
+        require_api_key=require_api_key,
+        environ=env,
+    )
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    database_url: str | None = None,
+    require_api_key: bool = True,
+    environ: Mapping[str, str],
+) -> Config:
+    """Validate an already-parsed TOML document."""
+    _reject_unknown(data, _TOP_LEVEL_KEYS, source, "")
+    api = _parse_api(_table(data, "api", source), source)
+
+    db_table = _table(data, "database", source)
+    _reject_unknown(db_table, _DATABASE_KEYS, source, "[database]")
+    file_url = db_table.get("url", DEFAULT_DATABASE_URL)
+    if not isinstance(file_url, str) or not file_url:
+        raise ConfigError(f"{source}: [database] url: expected a non-empty string")
+    url = database_url or environ.get(DATABASE_URL_ENV) or file_url
+
+    batches = _parse_batches(data.get("batches", []), source)
+
+    api_key = environ.get(API_KEY_ENV, "").strip()
+    if require_api_key and not api_key:
+        raise ConfigError(f"environment: {API_KEY_ENV} is not set (the Ultravox API key)")
+    return Config(api=api, database_url=url, batches=batches, api_key=api_key, source=source)
+
+
+def _table(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: [{name}]: expected a table")
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], known: set[str], source: str, where: str) -> None:
+    for key in table:
+        if key not in known:
+            place = f"{where} " if where else ""
+            expected = ", ".join(sorted(known))
+            raise ConfigError(f"{source}: {place}unknown key {key!r} (expected one of: {expected})")
+
+
+def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
+    _reject_unknown(table, set(_API_KEYS), source, "[api]")
+    values: dict[str, Any] = {}
+    for key, kind in _API_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        # TOML booleans are ints to Python; an int is a fine float.
+        ok = (
+            isinstance(value, kind) and not isinstance(value, bool)
+            if kind is not float
+            else isinstance(value, int | float) and not isinstance(value, bool)
+        )
+        if not ok:
+            raise ConfigError(f"{source}: [api] {key}: expected {kind.__name__}, got {value!r}")
+        values[key] = value
+    settings = ApiSettings(**values)
+
+    parts = urlsplit(settings.base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{source}: [api] base_url: expected an http(s) URL, got {settings.base_url!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{source}: [api] base_url: must not carry a query or fragment")
+    for key in ("page_size", "max_attempts"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"{source}: [api] {key}: must be at least 1")
+    for key in ("timeout_seconds", "backoff_max_seconds"):
+        if getattr(settings, key) <= 0:
+            raise ConfigError(f"{source}: [api] {key}: must be greater than 0")
+    for key in ("backoff_initial_seconds", "retry_after_max_seconds"):
+        if getattr(settings, key) < 0:
+            raise ConfigError(f"{source}: [api] {key}: must not be negative")
+    return settings
+
+
+def _parse_batches(value: Any, source: str) -> tuple[BatchRef, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: batches: expected an array of tables ([[batches]])")
+    refs: list[BatchRef] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(value, start=1):
+        where = f"[[batches]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: {where}: expected a table")
+        _reject_unknown(entry, _BATCH_KEYS, source, where)
+        agent_id = _uuid(entry, "agent_id", source, where)
+        batch_id = _uuid(entry, "batch_id", source, where)
+        if batch_id in seen:
+            raise ConfigError(f"{source}: {where}: batch_id {batch_id} is listed twice")
+        seen.add(batch_id)
+        refs.append(BatchRef(agent_id=agent_id, batch_id=batch_id))
+    return tuple(refs)
+
+
+def _uuid(entry: Mapping[str, Any], key: str, source: str, where: str) -> str:
+    if key not in entry:
+        raise ConfigError(f"{source}: {where}: missing {key}")
+    value = entry[key]
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ConfigError(f"{source}: {where}: {key} {value!r} is not a UUID") from None

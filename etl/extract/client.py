@@ -1,0 +1,197 @@
+"""HTTP client for the Ultravox REST API: one keep-alive session, retries, clear errors.
+
+The API key travels only in the `X-API-Key` header of requests to the configured base URL:
+redirects are never followed (requests would carry a custom header to any host), and
+pagination links are reduced to their cursor by :mod:`etl.extract.pagination`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from tenacity.wait import wait_base
+
+from etl import __version__
+from etl.config import ApiSettings
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], None]
+
+
+class ApiError(Exception):
+    """A request to the Ultravox API failed for good."""
+
+
+class ApiKeyRefused(ApiError):
+    """401/403: the key is wrong, revoked or lacks access. Nothing else can succeed."""
+
+
+class NotFound(ApiError):
+    """404: the agent, batch or cursor does not exist."""
+
+
+class MalformedResponse(ApiError):
+    """A 200 answer whose JSON does not have the documented shape."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying: 429, 5xx, a dropped connection, a body cut short or not JSON."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+_TRANSIENT_EXCEPTIONS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming style for wait strategies
+    """Wait as long as the server's `Retry-After` says (capped), else fall back."""
+
+    def __init__(self, fallback: wait_base, cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, TransientError) and exc.retry_after is not None:
+            return min(exc.retry_after, self.cap)
+        return float(self.fallback(retry_state))
+
+
+class UltravoxClient:
+    """GET JSON from the configured Ultravox API with bounded, jittered retries."""
+
+    def __init__(
+        self,
+        settings: ApiSettings,
+        api_key: str,
+        *,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
+        self._session = requests.Session()
+        self._session.headers.update(
+            {
+                "X-API-Key": api_key,
+                "Accept": "application/json",
+                "User-Agent": f"ultravox-etl/{__version__}",
+            }
+        )
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(settings.max_attempts),
+            wait=wait_retry_after(
+                tenacity.wait_exponential_jitter(
+                    initial=settings.backoff_initial_seconds, max=settings.backoff_max_seconds
+                ),
+                cap=settings.retry_after_max_seconds,
+            ),
+            retry=tenacity.retry_if_exception_type(TransientError),
+            sleep=sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> UltravoxClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
+        """GET `path` (relative to the base URL) and return the decoded JSON body.
+
+        Raises ApiKeyRefused, NotFound, ApiError for other failures, and ApiError wrapping
+        the last TransientError once the attempts are spent.
+        """
+        url = f"{self.base_url}{path}"
+        try:
+            return self._retrying(self._get_once, url, params or {})
+        except TransientError as exc:
+            attempts = self.settings.max_attempts
+            raise ApiError(f"GET {path} failed after {attempts} attempts: {exc}") from None
+
+    def _get_once(self, url: str, params: Mapping[str, str | int]) -> Any:
+        path = urlsplit(url).path
+        try:
+            response = self._session.get(
+                url, params=params, timeout=self.settings.timeout_seconds, allow_redirects=False
+            )
+        except _TRANSIENT_EXCEPTIONS as exc:
+            raise TransientError(f"{type(exc).__name__} on GET {path}") from None
+        status = response.status_code
+        if status == 200:
+            try:
+                return json.loads(response.content)
+            except ValueError:
+                raise TransientError(f"GET {path}: the 200 response is not valid JSON") from None
+        if status == 429 or status >= 500:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise TransientError(f"HTTP {status} on GET {path}", retry_after=retry_after)
+        detail = _detail(response)
+        if status in (401, 403):
+            raise ApiKeyRefused(
+                f"the Ultravox API refused the API key (HTTP {status}{detail}); "
+                f"check ULTRAVOX_API_KEY"
+            )
+        if status == 404:
+            raise NotFound(f"HTTP 404 on GET {path}{detail}")
+        if 300 <= status < 400:
+            target = urlsplit(response.headers.get("Location", "")).netloc or "?"
+            raise ApiError(f"HTTP {status} redirect on GET {path} to {target}; not followed")
+        raise ApiError(f"HTTP {status} on GET {path}{detail}")
+
+    @staticmethod
+    def _log_retry(retry_state: tenacity.RetryCallState) -> None:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        log.warning("%s; retrying in %.1fs (attempt %d)", exc, wait, retry_state.attempt_number + 1)
+
+
+def _detail(response: requests.Response) -> str:
+    """A short, single-line excerpt of an error body for the message."""
+    text = response.text.strip().replace("\n", " ")
+    if not text:
+        return ""
+    if len(text) > 200:
+        text = text[:200] + "…"
+    return f": {text}"

@@ -1,0 +1,99 @@
+"""Database connections and the schema's version: Alembic owns the schema everywhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+import etl.migrations
+from etl.load.dialect import configure_engine, masked, normalize_database_url
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(etl.migrations.__file__).parent
+
+
+class DatabaseError(Exception):
+    """The database cannot be used as configured; the message names it (password masked)."""
+
+
+class SchemaBehind(DatabaseError):
+    """The schema is older than this version of the job and migrating was not allowed."""
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for `url` with the per-connection settings the schema relies on."""
+    try:
+        parsed = normalize_database_url(url)
+    except ArgumentError:
+        raise DatabaseError("database URL is not valid (expected e.g. sqlite:///file.db)") from None
+    try:
+        engine = create_engine(parsed)
+    except Exception as exc:  # an unknown dialect or a missing driver
+        raise DatabaseError(f"cannot use database {masked(parsed)}: {exc}") from None
+    configure_engine(engine)
+    return engine
+
+
+def alembic_config() -> AlembicConfig:
+    """Alembic's configuration; migrations always run on a connection passed to them."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def head_revision() -> str | None:
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    return script.get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+@contextmanager
+def reporting_connection_errors(engine: Engine) -> Iterator[None]:
+    """Turn a driver's connection failure into a DatabaseError naming the (masked) URL."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if not exc.connection_invalidated and exc.orig is None:
+            raise
+        first_line = (str(exc.orig).strip().splitlines() or [type(exc).__name__])[0]
+        raise DatabaseError(f"{masked(engine.url)}: {first_line}") from None
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Apply every pending migration in one transaction."""
+    with reporting_connection_errors(engine):
+        before = current_revision(engine)
+        head = head_revision()
+        if before == head:
+            log.debug("schema of %s is at head %s", masked(engine.url), head)
+            return
+        cfg = alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    log.info("migrated %s from %s to %s", masked(engine.url), before or "empty", head)
+
+
+def require_head(engine: Engine) -> None:
+    """Raise SchemaBehind unless the schema is exactly at this version's head."""
+    with reporting_connection_errors(engine):
+        current, head = current_revision(engine), head_revision()
+    if current != head:
+        raise SchemaBehind(
+            f"the schema of {masked(engine.url)} is at {current or 'no revision'}, "
+            f"this version needs {head}; run `ultravox-etl migrate` or drop --no-migrate"
+        )

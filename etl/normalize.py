@@ -1,0 +1,302 @@
+"""Pure functions from Ultravox ScheduledCall records to rows of the reporting tables.
+
+No I/O here: every function takes JSON values and returns plain values, so each rule can be
+tested on payloads from the official documentation alone. The rules, in short:
+
+- `medium` absent, null or `{}` means webRtc, the documented default.
+- Known fields go to columns; whatever of the medium no column holds (an unknown variant,
+  unknown or mistyped fields of a known one) is kept in `extra`, shaped like the medium
+  object itself. Nothing is lost except the SIP password, which is never kept.
+- A call's identity inside its batch (the call key) is the digest of its definition
+  (medium without password, metadata, templateContext, experimentalSettings) plus its
+  occurrence number among identical definitions, in listing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from etl.config import BatchRef
+
+KNOWN_STATUSES = frozenset({"FUTURE", "PENDING", "SUCCESS", "EXPIRED", "ERROR"})
+FINAL_STATUSES = frozenset({"SUCCESS", "EXPIRED", "ERROR"})
+KNOWN_MEDIUM_TYPES = ("webRtc", "twilio", "serverWebSocket", "telnyx", "plivo", "exotel", "sip")
+DEFAULT_MEDIUM_TYPE = "webRtc"
+DEFINITION_FIELDS = ("medium", "metadata", "templateContext", "experimentalSettings")
+SECRET_MEDIUM_KEYS = frozenset({"password"})
+"""Keys dropped wherever they appear in a medium: never stored, hashed or logged."""
+
+_PHONE_VARIANTS = ("twilio", "telnyx", "plivo")
+_DATA_MESSAGE_VARIANTS = ("webRtc", "serverWebSocket")
+_WEBSOCKET_INT_FIELDS = {
+    "inputSampleRate": "input_sample_rate",
+    "outputSampleRate": "output_sample_rate",
+    "clientBufferSizeMs": "client_buffer_size_ms",
+}
+MEDIA_COLUMNS = (
+    "medium_type",
+    "direction",
+    "to_address",
+    "from_address",
+    "sip_username",
+    "sip_password_set",
+    "input_sample_rate",
+    "output_sample_rate",
+    "client_buffer_size_ms",
+    "media_idle_timeout",
+    "dtmf_handling",
+    "additional_params",
+    "extra",
+)
+
+
+class RecordError(ValueError):
+    """A scheduled call record that does not fit the documented schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRecord:
+    """A record of a page that could not be loaded, kept for inspection."""
+
+    position: int
+    """0-based index of the record in its page."""
+    reason: str
+    payload: Any
+    """The record as sent, with secrets removed."""
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedCall:
+    """One scheduled call as rows of the reporting tables (ids and timestamps come at load)."""
+
+    call_key: str
+    call: dict[str, Any]
+    """scheduled_calls columns: batch_id, agent_id, call_key, call_id, status, error,
+    medium_type, metadata, template_context, experimental_settings."""
+    media: dict[str, Any]
+    """scheduled_call_media columns, keyed as MEDIA_COLUMNS."""
+    data_messages: tuple[tuple[str, bool], ...]
+    metadata_entries: tuple[tuple[str, str], ...]
+    call_hash: str
+    """Digest of `call`: equal hashes mean the row needs no write."""
+    detail_hash: str
+    """Digest of the child rows (media, data messages, metadata entries)."""
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:32]
+
+
+def strip_secrets(value: Any) -> Any:
+    """A copy of a JSON value without any key in SECRET_MEDIUM_KEYS, at any depth."""
+    if isinstance(value, dict):
+        return {k: strip_secrets(v) for k, v in value.items() if k not in SECRET_MEDIUM_KEYS}
+    if isinstance(value, list):
+        return [strip_secrets(v) for v in value]
+    return value
+
+
+def definition_digest(record: Mapping[str, Any]) -> str:
+    """Digest of what defines a scheduled call; fixed when its batch was created."""
+    definition = {name: record.get(name) for name in DEFINITION_FIELDS}
+    definition["medium"] = strip_secrets(definition["medium"])
+    return digest(definition)
+
+
+class CallKeys:
+    """Hands out call keys for one listing of one batch, in the order the API lists calls.
+
+    Two calls with identical definitions get `<digest>#1` and `<digest>#2`.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def next_key(self, record: Mapping[str, Any]) -> str:
+        definition = definition_digest(record)
+        occurrence = self._seen.get(definition, 0) + 1
+        self._seen[definition] = occurrence
+        return f"{definition}#{occurrence}"
+
+
+def normalize_page(
+    results: list[Any], batch: BatchRef, keys: CallKeys
+) -> tuple[list[NormalizedCall], list[RejectedRecord]]:
+    """Rows for every good record of a page, and the records that do not fit."""
+    calls: list[NormalizedCall] = []
+    rejects: list[RejectedRecord] = []
+    for position, record in enumerate(results):
+        try:
+            check_record(record, batch)
+        except RecordError as exc:
+            rejects.append(RejectedRecord(position, str(exc), strip_secrets(record)))
+            continue
+        calls.append(normalize_call(record, batch, keys.next_key(record)))
+    return calls, rejects
+
+
+def check_record(record: Any, batch: BatchRef) -> None:
+    """Raise RecordError unless `record` has the documented shape for this batch."""
+    if not isinstance(record, dict):
+        raise RecordError(f"expected a JSON object, got {type(record).__name__}")
+    status = record.get("status")
+    if not isinstance(status, str) or not status:
+        raise RecordError("missing or non-string 'status'")
+    batch_id = record.get("batchId")
+    if not isinstance(batch_id, str):
+        raise RecordError("missing or non-string 'batchId'")
+    if batch_id.lower() != batch.batch_id:
+        raise RecordError(f"'batchId' {batch_id!r} is not the batch being listed")
+    for name in ("callId", "error"):
+        if not isinstance(record.get(name), str | None):
+            raise RecordError(f"'{name}' is neither a string nor null")
+    if not isinstance(record.get("medium"), dict | None):
+        raise RecordError("'medium' is neither an object nor null")
+    if not isinstance(record.get("metadata"), dict | None):
+        raise RecordError("'metadata' is neither an object nor null")
+
+
+def normalize_call(record: Mapping[str, Any], batch: BatchRef, call_key: str) -> NormalizedCall:
+    """Rows for one checked record (see check_record)."""
+    media, data_messages = normalize_medium(record.get("medium"))
+    call_id = record.get("callId")
+    metadata = record.get("metadata")
+    call = {
+        "batch_id": batch.batch_id,
+        "agent_id": batch.agent_id,
+        "call_key": call_key,
+        "call_id": call_id.lower() if call_id else None,
+        "status": record["status"],
+        "error": record.get("error"),
+        "medium_type": media["medium_type"],
+        "metadata": metadata,
+        "template_context": record.get("templateContext"),
+        "experimental_settings": record.get("experimentalSettings"),
+    }
+    entries = metadata_entries(metadata)
+    return NormalizedCall(
+        call_key=call_key,
+        call=call,
+        media=media,
+        data_messages=data_messages,
+        metadata_entries=entries,
+        call_hash=digest(call),
+        detail_hash=digest([media, data_messages, entries]),
+    )
+
+
+def metadata_entries(metadata: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """Key/value rows; a value that is not a string is kept as its JSON text."""
+    if not metadata:
+        return ()
+    return tuple(
+        (key, value if isinstance(value, str) else canonical_json(value))
+        for key, value in metadata.items()
+    )
+
+
+def normalize_medium(
+    medium: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], tuple[tuple[str, bool], ...]]:
+    """The scheduled_call_media row and the dataMessages flags of one medium object."""
+    row: dict[str, Any] = dict.fromkeys(MEDIA_COLUMNS)
+    if not medium:
+        row["medium_type"] = DEFAULT_MEDIUM_TYPE
+        return row, ()
+
+    # "At most one call medium may be set": the first known key is the medium; anything
+    # else stays in `extra` untouched.
+    medium_type = next((k for k in medium if k in KNOWN_MEDIUM_TYPES), next(iter(medium)))
+    row["medium_type"] = medium_type
+    rest = strip_secrets(dict(medium))
+    variant = rest.pop(medium_type)
+    flags: tuple[tuple[str, bool], ...] = ()
+
+    if medium_type in KNOWN_MEDIUM_TYPES and isinstance(variant, dict | None):
+        fields = dict(variant or {})
+        if medium_type in _DATA_MESSAGE_VARIANTS:
+            flags = _take_data_messages(fields)
+        if medium_type == "serverWebSocket":
+            for api_name, column in _WEBSOCKET_INT_FIELDS.items():
+                row[column] = _take(fields, api_name, int)
+            row["media_idle_timeout"] = _take(fields, "mediaIdleTimeout", str)
+        if medium_type in (*_PHONE_VARIANTS, "exotel"):
+            row["dtmf_handling"] = _take(fields, "dtmfHandling", dict)
+        if medium_type in _PHONE_VARIANTS:
+            _take_outgoing(fields, row)
+        if medium_type == "sip":
+            _take_sip(fields, row, password_sent=_sip_password_sent(medium[medium_type]))
+        if fields:
+            rest[medium_type] = fields
+    else:
+        rest[medium_type] = variant
+    row["extra"] = rest or None
+    return row, flags
+
+
+def _take(fields: dict[str, Any], name: str, kind: type) -> Any:
+    """Pop `name` if it has the expected type; a mistyped value stays behind for `extra`."""
+    value = fields.get(name)
+    if isinstance(value, kind) and not isinstance(value, bool):
+        del fields[name]
+        return value
+    return None
+
+
+def _take_data_messages(fields: dict[str, Any]) -> tuple[tuple[str, bool], ...]:
+    messages = fields.get("dataMessages")
+    if not isinstance(messages, dict):
+        return ()
+    flags = tuple((k, v) for k, v in messages.items() if isinstance(v, bool))
+    leftover = {k: v for k, v in messages.items() if not isinstance(v, bool)}
+    if leftover:
+        fields["dataMessages"] = leftover
+    else:
+        del fields["dataMessages"]
+    return flags
+
+
+def _take_outgoing(fields: dict[str, Any], row: dict[str, Any]) -> None:
+    outgoing = fields.get("outgoing")
+    if not isinstance(outgoing, dict):
+        row["direction"] = "incoming" if outgoing is None else None
+        return
+    row["direction"] = "outgoing"
+    row["to_address"] = _take(outgoing, "to", str)
+    row["from_address"] = _take(outgoing, "from", str)
+    row["additional_params"] = _take(outgoing, "additionalParams", dict)
+    if not outgoing:
+        del fields["outgoing"]
+
+
+def _sip_password_sent(variant: Any) -> bool:
+    if not isinstance(variant, dict):
+        return False
+    outgoing = variant.get("outgoing")
+    return isinstance(outgoing, dict) and outgoing.get("password") not in (None, "")
+
+
+def _take_sip(fields: dict[str, Any], row: dict[str, Any], *, password_sent: bool) -> None:
+    incoming = fields.get("incoming")
+    outgoing = fields.get("outgoing")
+    if isinstance(outgoing, dict):
+        row["direction"] = "outgoing"
+        row["to_address"] = _take(outgoing, "to", str)
+        row["from_address"] = _take(outgoing, "from", str)
+        row["sip_username"] = _take(outgoing, "username", str)
+        row["sip_password_set"] = password_sent
+        if not outgoing:
+            del fields["outgoing"]
+    elif isinstance(incoming, dict):
+        row["direction"] = "incoming"
+        if not incoming:
+            del fields["incoming"]
