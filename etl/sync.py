@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.config import BatchRef, Config
-from etl.extract.client import ApiError, ApiKeyRefused, NotFound, Sleep, UltravoxClient
+from etl.extract.client import ApiError, ApiKeyRefused, NotFound, UltravoxClient
 from etl.extract.streams import scheduled_call_pages
 from etl.load.loader import BatchLoader
 from etl.normalize import KNOWN_STATUSES, CallKeys, normalize_page
@@ -38,15 +38,13 @@ def run_sync(
     config: Config,
     engine: Engine,
     *,
-    sleep: Sleep | None = None,
     clock: Clock = utc_now,
 ) -> RunResult:
     """Sync every configured batch; returns what happened (also stored in etl_runs)."""
     recorder = RunRecorder(engine, clock)
     run = recorder.start_run()
     log.info("run %d: syncing %d batches", run.run_id, len(config.batches))
-    client_options = {} if sleep is None else {"sleep": sleep}
-    with UltravoxClient(config.api, config.api_key, **client_options) as client:
+    with UltravoxClient(config.api, config.api_key) as client:
         for index, batch in enumerate(config.batches):
             recorder.start_batch(run, batch)
             try:

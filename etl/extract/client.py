@@ -77,6 +77,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - current)
 
 
+def retry_sleep(seconds: float) -> None:
+    """Pause between attempts. Looked up at call time, so tests can record waits instead."""
+    time.sleep(seconds)
+
+
 class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming style for wait strategies
     """Wait as long as the server's `Retry-After` says (capped), else fall back."""
 
@@ -100,7 +105,7 @@ class UltravoxClient:
         settings: ApiSettings,
         api_key: str,
         *,
-        sleep: Sleep = time.sleep,
+        sleep: Sleep | None = None,
     ) -> None:
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
@@ -117,12 +122,14 @@ class UltravoxClient:
             stop=tenacity.stop_after_attempt(settings.max_attempts),
             wait=wait_retry_after(
                 tenacity.wait_exponential_jitter(
-                    initial=settings.backoff_initial_seconds, max=settings.backoff_max_seconds
+                    multiplier=settings.backoff_initial_seconds,
+                    jitter=settings.backoff_initial_seconds,
+                    max=settings.backoff_max_seconds,
                 ),
                 cap=settings.retry_after_max_seconds,
             ),
             retry=tenacity.retry_if_exception_type(TransientError),
-            sleep=sleep,
+            sleep=sleep or (lambda seconds: retry_sleep(seconds)),
             before_sleep=self._log_retry,
             reraise=True,
         )

@@ -1,0 +1,151 @@
+"""Shared fixtures: the fake Ultravox API over real HTTP, real databases, the real CLI.
+
+PostgreSQL tests run whenever ULTRAVOX_ETL_TEST_POSTGRES_URL is set (each test gets a fresh
+database created on that server) and are skipped otherwise; if the variable is set but the
+server cannot be reached, they fail rather than skip.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+from etl import cli
+from etl.extract import client as http_client
+from etl.fake_api import FakeUltravox
+from etl.load.database import open_engine
+
+POSTGRES_ENV = "ULTRAVOX_ETL_TEST_POSTGRES_URL"
+TEST_API_KEY = "test-key-7f3a9c1e-do-not-log"
+AGENT_ID = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeUltravox]:
+    with FakeUltravox(api_key=TEST_API_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def retry_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Retry pauses are recorded instead of slept, so fault tests stay fast."""
+    waits: list[float] = []
+    monkeypatch.setattr(http_client, "retry_sleep", waits.append)
+    return waits
+
+
+def _postgres_admin_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'etl.db'}"
+        return
+    admin_url = _postgres_admin_url()
+    if admin_url is None:
+        pytest.skip(f"{POSTGRES_ENV} is not set")
+    name = f"etl_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(make_url(admin_url).set(drivername="postgresql+psycopg"))
+    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            make_url(admin_url)
+            .set(drivername="postgresql+psycopg", database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    eng = open_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+def write_config(
+    path: Path,
+    base_url: str,
+    batches: list[tuple[str, str]],
+    *,
+    database_url: str | None = None,
+    **api: Any,
+) -> Path:
+    """A config file in the documented shape; `api` adds keys to [api]."""
+    lines = ["[api]", f'base_url = "{base_url}"']
+    api.setdefault("page_size", 10)
+    api.setdefault("timeout_seconds", 5)
+    for key, value in api.items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
+    if database_url is not None:
+        lines += ["", "[database]", f'url = "{database_url}"']
+    for agent_id, batch_id in batches:
+        lines += ["", "[[batches]]", f'agent_id = "{agent_id}"', f'batch_id = "{batch_id}"']
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], retry_waits: list[float]
+) -> Any:
+    """Run `ultravox-etl ARGS` in this process (real HTTP, real database), API key set."""
+
+    def run(*args: str, api_key: str | None = TEST_API_KEY) -> CliResult:
+        if api_key is None:
+            monkeypatch.delenv("ULTRAVOX_API_KEY", raising=False)
+        else:
+            monkeypatch.setenv("ULTRAVOX_API_KEY", api_key)
+        monkeypatch.delenv("ULTRAVOX_ETL_DATABASE_URL", raising=False)
+        capsys.readouterr()
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
+
+
+def run_console_script(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """Run the installed `ultravox-etl` entry point in a child process."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ULTRAVOX")}
+    full_env.update(env or {})
+    script = Path(sys.executable).with_name("ultravox-etl")
+    proc = subprocess.run(
+        [str(script), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
+        check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(sql), params))
