@@ -161,7 +161,7 @@ def _decode_cursor(token: str) -> int | None:
         ).decode("ascii")
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         return None
-    values = parse_qs(raw, keep_blank_values=True).get("o", ["0"])
+    values = parse_qs(raw, keep_blank_values=True).get("o", [""])
     if not _CURSOR_OFFSET.match(values[0]):
         return None
     return int(values[0])
@@ -537,7 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(response)
             return
 
-        link_base = fake.next_link_base or self._own_base()
+        link_base = (fake.next_link_base or self._own_base()).rstrip("/")
         response = fake._route(split.path, query, link_base)
         if fault is not None:  # truncate
             self._send_truncated(response.body)

@@ -1,0 +1,73 @@
+"""Alembic owns the schema: migrations and the table definitions must never drift apart."""
+
+from __future__ import annotations
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from etl.load.database import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade_to_head,
+)
+from etl.load.schema import metadata
+
+CONTRACT_TABLES = {
+    "scheduled_batches",
+    "scheduled_calls",
+    "scheduled_call_media",
+    "scheduled_call_data_messages",
+    "scheduled_call_metadata",
+    "scheduled_call_status_changes",
+    "etl_runs",
+    "etl_batch_runs",
+}
+
+
+def test_migrated_schema_matches_the_table_definitions(engine: Engine) -> None:
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        differences = compare_metadata(context, metadata)
+    assert differences == []
+
+
+def test_contract_tables_and_columns_exist(engine: Engine) -> None:
+    upgrade_to_head(engine)
+    inspector = inspect(engine)
+    assert set(inspector.get_table_names()) >= CONTRACT_TABLES
+    call_columns = {c["name"] for c in inspector.get_columns("scheduled_calls")}
+    assert {
+        "id", "batch_id", "agent_id", "call_key", "call_id", "status", "error", "medium_type",
+        "metadata", "template_context", "experimental_settings", "first_seen_at", "updated_at",
+        "removed_at",
+    } <= call_columns  # fmt: skip
+    unique = {tuple(u["column_names"]) for u in inspector.get_unique_constraints("scheduled_calls")}
+    assert ("batch_id", "call_key") in unique and ("call_id",) in unique
+
+
+def test_jsonb_and_timestamptz_on_postgresql(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL column types")
+    upgrade_to_head(engine)
+    types = {c["name"]: str(c["type"]) for c in inspect(engine).get_columns("scheduled_calls")}
+    assert types["metadata"] == "JSONB"
+    assert types["first_seen_at"] == "TIMESTAMP"  # SQLAlchemy renders timestamptz so, with:
+    columns = inspect(engine).get_columns("scheduled_calls")
+    assert next(c for c in columns if c["name"] == "first_seen_at")["type"].timezone is True
+
+
+def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
+    upgrade_to_head(engine)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert current_revision(engine) is None
+    assert not CONTRACT_TABLES & set(inspect(engine).get_table_names())
+    upgrade_to_head(engine)
+    assert current_revision(engine) == head_revision()
