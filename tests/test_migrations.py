@@ -58,7 +58,8 @@ def test_jsonb_and_timestamptz_on_postgresql(engine: Engine) -> None:
     assert types["metadata"] == "JSONB"
     assert types["first_seen_at"] == "TIMESTAMP"  # SQLAlchemy renders timestamptz so, with:
     columns = inspect(engine).get_columns("scheduled_calls")
-    assert next(c for c in columns if c["name"] == "first_seen_at")["type"].timezone is True
+    first_seen = next(c for c in columns if c["name"] == "first_seen_at")["type"]
+    assert getattr(first_seen, "timezone", None) is True
 
 
 def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:

@@ -33,7 +33,7 @@ def expected_medium_type(record: dict[str, Any]) -> str:
     if not medium:
         return "webRtc"
     known = [k for k in medium if k in ALL_MEDIUM_KEYS]
-    return known[0] if known else next(iter(medium))
+    return str(known[0] if known else next(iter(medium)))
 
 
 def api_view(fake: FakeUltravox, batch_id: str) -> Counter[tuple[Any, ...]]:

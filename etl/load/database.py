@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,12 +15,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-import etl.migrations
 from etl.load.dialect import configure_engine, masked, normalize_database_url
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(etl.migrations.__file__).parent
+# migrations/ is installed as the package etl.migrations (see pyproject.toml).
+MIGRATIONS_DIR = Path(str(importlib.resources.files("etl.migrations")))
 
 
 class DatabaseError(Exception):
