@@ -6,7 +6,9 @@ so the CLI can print it as one line and exit 2 before anything is written.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 import uuid
 from collections.abc import Mapping
@@ -67,6 +69,12 @@ _API_KEYS: dict[str, type] = {
 _TOP_LEVEL_KEYS = {"api", "database", "batches"}
 _DATABASE_KEYS = {"url"}
 _BATCH_KEYS = {"agent_id", "batch_id"}
+# The canonical 8-4-4-4-12 form only. uuid.UUID alone is too lenient: it drops every "-",
+# "{}", "urn:uuid:", and int(..., 16) accepts a sign or whitespace, so "+" followed by 31
+# hex digits silently became a different UUID instead of a config error.
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 def load_config(
@@ -153,11 +161,14 @@ def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
         if key not in table:
             continue
         value = table[key]
-        # TOML booleans are ints to Python; an int is a fine float.
+        # TOML booleans are ints to Python; an int is a fine float. TOML also has nan and inf,
+        # which pass every range check below (nan compares false), so they are refused here.
         ok = (
             isinstance(value, kind) and not isinstance(value, bool)
             if kind is not float
-            else isinstance(value, int | float) and not isinstance(value, bool)
+            else isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
         )
         if not ok:
             raise ConfigError(f"{source}: [api] {key}: expected {kind.__name__}, got {value!r}")
@@ -207,7 +218,7 @@ def _uuid(entry: Mapping[str, Any], key: str, source: str, where: str) -> str:
         raise ConfigError(f"{source}: {where}: missing {key}")
     value = entry[key]
     try:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
             raise ValueError
         return str(uuid.UUID(value))
     except ValueError:

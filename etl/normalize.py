@@ -190,7 +190,9 @@ def normalize_call(record: Mapping[str, Any], batch: BatchRef, call_key: str) ->
         data_messages=data_messages,
         metadata_entries=entries,
         call_hash=digest(call),
-        detail_hash=digest([media, data_messages, entries]),
+        # Sorted, like the JSON objects canonical_json sorts: the same flags or metadata sent
+        # in another key order are the same child rows, and must not count as an update.
+        detail_hash=digest([media, sorted(data_messages), sorted(entries)]),
     )
 
 
@@ -213,11 +215,17 @@ def normalize_medium(
         row["medium_type"] = DEFAULT_MEDIUM_TYPE
         return row, ()
 
+    # The type is chosen among the keys left once secrets are stripped: a medium whose only
+    # key was a secret (e.g. a stray top-level "password") used to pick that key as its type
+    # and then raised KeyError below, which no caller catches: the whole sync run crashed.
+    rest = strip_secrets(dict(medium))
+    if not rest:
+        row["medium_type"] = DEFAULT_MEDIUM_TYPE
+        return row, ()
     # "At most one call medium may be set": the first known key is the medium; anything
     # else stays in `extra` untouched.
-    medium_type = next((k for k in medium if k in KNOWN_MEDIUM_TYPES), next(iter(medium)))
+    medium_type = next((k for k in rest if k in KNOWN_MEDIUM_TYPES), next(iter(rest)))
     row["medium_type"] = medium_type
-    rest = strip_secrets(dict(medium))
     variant = rest.pop(medium_type)
     flags: tuple[tuple[str, bool], ...] = ()
 

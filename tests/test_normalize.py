@@ -1,0 +1,970 @@
+"""Unit tests of etl.normalize: documented payloads in, rows out (no I/O).
+
+Payloads follow the documentation page of the list endpoint
+(/work/shared/api/ultravox-list-scheduled-calls.txt) and the OpenAPI schemas
+`ultravox.v1.CallMedium*`, `EnabledDataMessages`, `SipMedium_SipOutgoing`. The page's example
+sets every medium variant in one object; a real call sets one, so each of the example's
+per-variant sub-objects is used here as a medium of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+from typing import Any
+
+import pytest
+
+from etl.config import BatchRef
+from etl.normalize import (
+    KNOWN_STATUSES,
+    MEDIA_COLUMNS,
+    CallKeys,
+    NormalizedCall,
+    RecordError,
+    RejectedRecord,
+    check_record,
+    definition_digest,
+    normalize_page,
+    strip_secrets,
+)
+
+AGENT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+BATCH_ID = "3c90c3cc-0d44-4b50-8888-8dd25736052a"  # the documentation's example batchId
+OTHER_BATCH_ID = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+CALL_ID = "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
+BATCH = BatchRef(agent_id=AGENT_ID, batch_id=BATCH_ID)
+SIP_PASSWORD = "pw-Zq8!unique-sip-secret"
+_ABSENT = object()
+
+# scheduled_call_media as SCHEMA.md lists it, plus the columns this job added.
+EXPECTED_MEDIA_COLUMNS = (
+    "medium_type",
+    "direction",
+    "to_address",
+    "from_address",
+    "sip_username",
+    "sip_password_set",
+    "input_sample_rate",
+    "output_sample_rate",
+    "client_buffer_size_ms",
+    "media_idle_timeout",
+    "dtmf_handling",
+    "additional_params",
+    "extra",
+)
+
+# The documentation example's dataMessages object: every flag it lists, all true.
+DOC_DATA_MESSAGES = {
+    "pong": True,
+    "state": True,
+    "transcript": True,
+    "clientToolInvocation": True,
+    "dataConnectionToolInvocation": True,
+    "playbackClearBuffer": True,
+    "callStarted": True,
+    "debug": True,
+    "callEvent": True,
+    "toolUsed": True,
+}
+DOC_FLAGS = tuple(DOC_DATA_MESSAGES.items())
+DOC_OUTGOING = {"to": "<string>", "from": "<string>", "additionalParams": {}}
+
+# The documentation example's medium object, every variant at once, exactly as published.
+DOC_MEDIUM: dict[str, Any] = {
+    "webRtc": {"dataMessages": DOC_DATA_MESSAGES},
+    "twilio": {"outgoing": DOC_OUTGOING},
+    "serverWebSocket": {
+        "inputSampleRate": 123,
+        "outputSampleRate": 123,
+        "clientBufferSizeMs": 123,
+        "dataMessages": DOC_DATA_MESSAGES,
+    },
+    "telnyx": {"outgoing": DOC_OUTGOING},
+    "plivo": {"outgoing": DOC_OUTGOING},
+    "exotel": {},
+    "sip": {
+        "incoming": {},
+        "outgoing": {
+            "to": "<string>",
+            "from": "<string>",
+            "username": "<string>",
+            "password": "<string>",
+        },
+    },
+}
+
+
+def make_record(medium: Any = _ABSENT, **fields: Any) -> dict[str, Any]:
+    """A scheduled call as the list endpoint returns it; `medium` left out unless given."""
+    record: dict[str, Any] = {
+        "status": "FUTURE",
+        "batchId": BATCH_ID,
+        "callId": None,
+        "error": None,
+        "metadata": {"customer": "c-1"},
+        "templateContext": {"name": "Ada"},
+        "experimentalSettings": None,
+    }
+    if medium is not _ABSENT:
+        record["medium"] = medium
+    record.update(fields)
+    return record
+
+
+def normalize_one(record: dict[str, Any]) -> NormalizedCall:
+    calls, rejects = normalize_page([record], BATCH, CallKeys())
+    assert rejects == []
+    assert len(calls) == 1
+    return calls[0]
+
+
+def media_row(**columns: Any) -> dict[str, Any]:
+    """A full scheduled_call_media row: the given columns, every other one None."""
+    assert set(columns) <= set(EXPECTED_MEDIA_COLUMNS), set(columns) - set(EXPECTED_MEDIA_COLUMNS)
+    row = dict.fromkeys(EXPECTED_MEDIA_COLUMNS)
+    row.update(columns)
+    return row
+
+
+def key_digest(call_key: str) -> str:
+    match = re.fullmatch(r"([0-9a-f]{32})#([1-9][0-9]*)", call_key)
+    assert match, call_key
+    return match.group(1)
+
+
+def test_media_columns_match_the_schema() -> None:
+    assert MEDIA_COLUMNS == EXPECTED_MEDIA_COLUMNS
+
+
+# --- each medium variant -------------------------------------------------------------------
+
+VARIANT_CASES: list[tuple[str, dict[str, Any], dict[str, Any], tuple[tuple[str, bool], ...]]] = [
+    (
+        "webRtc-doc-example",
+        {"webRtc": {"dataMessages": DOC_DATA_MESSAGES}},
+        media_row(medium_type="webRtc"),
+        DOC_FLAGS,
+    ),
+    (
+        "webRtc-newer-flags",
+        {
+            "webRtc": {
+                "dataMessages": {
+                    "transcript": False,
+                    "userStartedSpeaking": True,
+                    "userStoppedSpeaking": False,
+                    "invokingTool": True,
+                }
+            }
+        },
+        media_row(medium_type="webRtc"),
+        (
+            ("transcript", False),
+            ("userStartedSpeaking", True),
+            ("userStoppedSpeaking", False),
+            ("invokingTool", True),
+        ),
+    ),
+    ("webRtc-empty", {"webRtc": {}}, media_row(medium_type="webRtc"), ()),
+    (
+        "twilio-doc-example",
+        {"twilio": {"outgoing": DOC_OUTGOING}},
+        media_row(
+            medium_type="twilio",
+            direction="outgoing",
+            to_address="<string>",
+            from_address="<string>",
+            additional_params={},
+        ),
+        (),
+    ),
+    (
+        "twilio-outgoing-with-dtmf",
+        {
+            "twilio": {
+                "outgoing": {
+                    "to": "+14155552671",
+                    "from": "+14155550100",
+                    "additionalParams": {"record": True, "timeout": 30},
+                },
+                "dtmfHandling": {"ignore": True},
+            }
+        },
+        media_row(
+            medium_type="twilio",
+            direction="outgoing",
+            to_address="+14155552671",
+            from_address="+14155550100",
+            additional_params={"record": True, "timeout": 30},
+            dtmf_handling={"ignore": True},
+        ),
+        (),
+    ),
+    (
+        # No `outgoing`: the customer connects the call through the join URL; this job maps it
+        # as incoming.
+        "twilio-without-outgoing",
+        {"twilio": {}},
+        media_row(medium_type="twilio", direction="incoming"),
+        (),
+    ),
+    (
+        "serverWebSocket-doc-example",
+        {
+            "serverWebSocket": {
+                "inputSampleRate": 123,
+                "outputSampleRate": 123,
+                "clientBufferSizeMs": 123,
+                "dataMessages": DOC_DATA_MESSAGES,
+            }
+        },
+        media_row(
+            medium_type="serverWebSocket",
+            input_sample_rate=123,
+            output_sample_rate=123,
+            client_buffer_size_ms=123,
+        ),
+        DOC_FLAGS,
+    ),
+    (
+        "serverWebSocket-full",
+        {
+            "serverWebSocket": {
+                "inputSampleRate": 16000,
+                "outputSampleRate": 24000,
+                "clientBufferSizeMs": 30000,
+                "mediaIdleTimeout": "45s",
+                "dataMessages": {
+                    "playbackClearBuffer": True,
+                    "userStartedSpeaking": True,
+                    "userStoppedSpeaking": True,
+                    "invokingTool": False,
+                },
+            }
+        },
+        media_row(
+            medium_type="serverWebSocket",
+            input_sample_rate=16000,
+            output_sample_rate=24000,
+            client_buffer_size_ms=30000,
+            media_idle_timeout="45s",
+        ),
+        (
+            ("playbackClearBuffer", True),
+            ("userStartedSpeaking", True),
+            ("userStoppedSpeaking", True),
+            ("invokingTool", False),
+        ),
+    ),
+    (
+        "telnyx-doc-example",
+        {"telnyx": {"outgoing": DOC_OUTGOING}},
+        media_row(
+            medium_type="telnyx",
+            direction="outgoing",
+            to_address="<string>",
+            from_address="<string>",
+            additional_params={},
+        ),
+        (),
+    ),
+    (
+        "telnyx-outgoing",
+        {"telnyx": {"outgoing": {"to": "+4930123456", "from": "+4930999999"}}},
+        media_row(
+            medium_type="telnyx",
+            direction="outgoing",
+            to_address="+4930123456",
+            from_address="+4930999999",
+        ),
+        (),
+    ),
+    (
+        "plivo-doc-example",
+        {"plivo": {"outgoing": DOC_OUTGOING}},
+        media_row(
+            medium_type="plivo",
+            direction="outgoing",
+            to_address="<string>",
+            from_address="<string>",
+            additional_params={},
+        ),
+        (),
+    ),
+    (
+        "plivo-multi-destination",
+        {
+            "plivo": {
+                "outgoing": {
+                    "to": "+14155552671<sip:desk@example.com<+14155552672",
+                    "from": "+14155550100",
+                    "additionalParams": {"ring_timeout": 20},
+                },
+                "dtmfHandling": {
+                    "userTextMessage": {"text": "pressed {digits}", "urgency": "URGENCY_SOON"}
+                },
+            }
+        },
+        media_row(
+            medium_type="plivo",
+            direction="outgoing",
+            to_address="+14155552671<sip:desk@example.com<+14155552672",
+            from_address="+14155550100",
+            additional_params={"ring_timeout": 20},
+            dtmf_handling={
+                "userTextMessage": {"text": "pressed {digits}", "urgency": "URGENCY_SOON"}
+            },
+        ),
+        (),
+    ),
+    ("exotel-doc-example", {"exotel": {}}, media_row(medium_type="exotel"), ()),
+    (
+        "exotel-dtmf",
+        {"exotel": {"dtmfHandling": {"ignore": False, "userTextMessage": {"text": "{digits}"}}}},
+        media_row(
+            medium_type="exotel",
+            dtmf_handling={"ignore": False, "userTextMessage": {"text": "{digits}"}},
+        ),
+        (),
+    ),
+    (
+        "sip-outgoing",
+        {
+            "sip": {
+                "outgoing": {
+                    "to": "sip:agent@pbx.example.com",
+                    "from": "sip:ultravox@example.com",
+                    "username": "alice",
+                    "password": SIP_PASSWORD,
+                }
+            }
+        },
+        media_row(
+            medium_type="sip",
+            direction="outgoing",
+            to_address="sip:agent@pbx.example.com",
+            from_address="sip:ultravox@example.com",
+            sip_username="alice",
+            sip_password_set=True,
+        ),
+        (),
+    ),
+    (
+        "sip-outgoing-without-password",
+        {"sip": {"outgoing": {"to": "sip:agent@pbx.example.com", "from": "sip:u@example.com"}}},
+        media_row(
+            medium_type="sip",
+            direction="outgoing",
+            to_address="sip:agent@pbx.example.com",
+            from_address="sip:u@example.com",
+            sip_password_set=False,
+        ),
+        (),
+    ),
+    (
+        "sip-outgoing-empty-password",
+        {"sip": {"outgoing": {"to": "sip:a@example.com", "username": "bob", "password": ""}}},
+        media_row(
+            medium_type="sip",
+            direction="outgoing",
+            to_address="sip:a@example.com",
+            sip_username="bob",
+            sip_password_set=False,
+        ),
+        (),
+    ),
+    (
+        "sip-incoming",
+        {"sip": {"incoming": {}}},
+        media_row(medium_type="sip", direction="incoming"),
+        (),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("medium", "expected_media", "expected_flags"),
+    [pytest.param(m, row, flags, id=name) for name, m, row, flags in VARIANT_CASES],
+)
+def test_medium_variant_rows(
+    medium: dict[str, Any],
+    expected_media: dict[str, Any],
+    expected_flags: tuple[tuple[str, bool], ...],
+) -> None:
+    record = make_record(medium)
+    sent = copy.deepcopy(record)
+
+    result = normalize_one(record)
+
+    assert result.media == expected_media
+    assert result.data_messages == expected_flags
+    assert result.call["medium_type"] == expected_media["medium_type"]
+    assert record == sent, "normalization must not modify the record it was given"
+
+
+@pytest.mark.parametrize("medium", [_ABSENT, None, {}], ids=["absent", "null", "empty"])
+def test_missing_medium_is_webrtc_without_extra(medium: Any) -> None:
+    result = normalize_one(make_record(medium))
+
+    assert result.media == media_row(medium_type="webRtc")
+    assert result.data_messages == ()
+    assert result.call["medium_type"] == "webRtc"
+
+
+def test_doc_example_medium_with_every_variant_keeps_the_others_in_extra() -> None:
+    # "At most one call medium may be set"; the published example sets them all. The first
+    # known key is the medium, the rest is kept in `extra`, minus the SIP password.
+    record = make_record(copy.deepcopy(DOC_MEDIUM))
+
+    result = normalize_one(record)
+
+    expected_extra = {
+        "twilio": {"outgoing": DOC_OUTGOING},
+        "serverWebSocket": DOC_MEDIUM["serverWebSocket"],
+        "telnyx": {"outgoing": DOC_OUTGOING},
+        "plivo": {"outgoing": DOC_OUTGOING},
+        "exotel": {},
+        "sip": {
+            "incoming": {},
+            "outgoing": {"to": "<string>", "from": "<string>", "username": "<string>"},
+        },
+    }
+    assert result.media == media_row(medium_type="webRtc", extra=expected_extra)
+    assert result.data_messages == DOC_FLAGS
+
+
+def test_sip_with_both_directions_takes_outgoing_and_keeps_incoming_in_extra() -> None:
+    result = normalize_one(make_record({"sip": copy.deepcopy(DOC_MEDIUM["sip"])}))
+
+    assert result.media == media_row(
+        medium_type="sip",
+        direction="outgoing",
+        to_address="<string>",
+        from_address="<string>",
+        sip_username="<string>",
+        sip_password_set=True,
+        extra={"sip": {"incoming": {}}},
+    )
+
+
+def test_second_variant_in_one_medium_is_kept_in_extra() -> None:
+    medium = {
+        "telnyx": {"outgoing": {"to": "+15550001", "from": "+15550002"}},
+        "twilio": {"outgoing": {"to": "+15550003"}},
+    }
+    result = normalize_one(make_record(medium))
+
+    assert result.media == media_row(
+        medium_type="telnyx",
+        direction="outgoing",
+        to_address="+15550001",
+        from_address="+15550002",
+        extra={"twilio": {"outgoing": {"to": "+15550003"}}},
+    )
+
+
+# --- what no column holds goes to `extra` ---------------------------------------------------
+
+
+def test_unknown_variant_is_its_key_with_the_whole_variant_in_extra() -> None:
+    variant = {
+        "outgoing": {"to": "+14155552671", "from": "+14155550100", "region": "eu"},
+        "codecs": ["opus", "pcmu"],
+        "dataMessages": {"pong": True},
+    }
+    result = normalize_one(make_record({"whatsApp": copy.deepcopy(variant)}))
+
+    assert result.media == media_row(medium_type="whatsApp", extra={"whatsApp": variant})
+    assert result.data_messages == ()
+    assert result.call["medium_type"] == "whatsApp"
+
+
+def test_unknown_variant_after_a_known_one_does_not_win() -> None:
+    medium = {"futureMedium": {"x": 1}, "exotel": {}}
+    result = normalize_one(make_record(medium))
+
+    assert result.media == media_row(medium_type="exotel", extra={"futureMedium": {"x": 1}})
+
+
+def test_unknown_variant_that_is_not_an_object_is_kept_as_sent() -> None:
+    result = normalize_one(make_record({"futureFlag": True}))
+
+    assert result.media == media_row(medium_type="futureFlag", extra={"futureFlag": True})
+
+
+def test_unknown_fields_of_twilio_outgoing_are_kept_in_extra() -> None:
+    medium = {
+        "twilio": {
+            "outgoing": {
+                "to": "+14155552671",
+                "from": "+14155550100",
+                "additionalParams": {},
+                "machineDetection": "DetectMessageEnd",
+            },
+            "region": "ie1",
+        }
+    }
+    result = normalize_one(make_record(medium))
+
+    assert result.media == media_row(
+        medium_type="twilio",
+        direction="outgoing",
+        to_address="+14155552671",
+        from_address="+14155550100",
+        additional_params={},
+        extra={"twilio": {"outgoing": {"machineDetection": "DetectMessageEnd"}, "region": "ie1"}},
+    )
+
+
+def test_unknown_and_mistyped_fields_of_server_websocket_are_kept_in_extra() -> None:
+    medium = {
+        "serverWebSocket": {
+            "inputSampleRate": "16000",
+            "outputSampleRate": True,
+            "clientBufferSizeMs": 60,
+            "mediaIdleTimeout": 30,
+            "newField": {"enabled": True},
+            "dataMessages": {"pong": "yes", "state": False, "brandNewFlag": True},
+        }
+    }
+    result = normalize_one(make_record(medium))
+
+    assert result.media == media_row(
+        medium_type="serverWebSocket",
+        client_buffer_size_ms=60,
+        extra={
+            "serverWebSocket": {
+                "inputSampleRate": "16000",
+                "outputSampleRate": True,
+                "mediaIdleTimeout": 30,
+                "newField": {"enabled": True},
+                "dataMessages": {"pong": "yes"},
+            }
+        },
+    )
+    assert result.data_messages == (("state", False), ("brandNewFlag", True))
+
+
+def test_mistyped_outgoing_fields_are_kept_in_extra() -> None:
+    medium = {
+        "plivo": {
+            "outgoing": {"to": ["+15550001", "+15550002"], "from": "+15550100"},
+            "dtmfHandling": "ignore",
+        }
+    }
+    result = normalize_one(make_record(medium))
+
+    assert result.media == media_row(
+        medium_type="plivo",
+        direction="outgoing",
+        from_address="+15550100",
+        extra={"plivo": {"outgoing": {"to": ["+15550001", "+15550002"]}, "dtmfHandling": "ignore"}},
+    )
+
+
+def test_known_variant_that_is_not_an_object_is_kept_in_extra() -> None:
+    result = normalize_one(make_record({"twilio": "legacy"}))
+
+    assert result.media == media_row(medium_type="twilio", extra={"twilio": "legacy"})
+
+
+def test_data_messages_that_are_not_an_object_are_kept_in_extra() -> None:
+    result = normalize_one(make_record({"webRtc": {"dataMessages": ["pong"]}}))
+
+    assert result.media == media_row(
+        medium_type="webRtc", extra={"webRtc": {"dataMessages": ["pong"]}}
+    )
+    assert result.data_messages == ()
+
+
+# --- the SIP password -----------------------------------------------------------------------
+
+
+def sip_record(password: str | None, **fields: Any) -> dict[str, Any]:
+    outgoing: dict[str, Any] = {
+        "to": "sip:agent@pbx.example.com",
+        "from": "sip:ultravox@example.com",
+        "username": "alice",
+    }
+    if password is not None:
+        outgoing["password"] = password
+    return make_record({"sip": {"outgoing": outgoing}}, **fields)
+
+
+def everything_as_text(result: NormalizedCall) -> str:
+    return repr(result) + json.dumps(dataclasses.asdict(result), ensure_ascii=False)
+
+
+def test_sip_password_is_nowhere_in_the_output() -> None:
+    record = sip_record(SIP_PASSWORD)
+    # Newer fields carrying a password elsewhere in the medium are stripped too.
+    record["medium"]["sip"]["outgoing"]["auth"] = {"password": SIP_PASSWORD, "realm": "pbx"}
+    record["medium"]["futureMedium"] = {"credentials": [{"password": SIP_PASSWORD}]}
+
+    result = normalize_one(record)
+
+    assert SIP_PASSWORD not in everything_as_text(result)
+    assert result.media["sip_password_set"] is True
+    assert result.media["extra"] == {
+        "sip": {"outgoing": {"auth": {"realm": "pbx"}}},
+        "futureMedium": {"credentials": [{}]},
+    }
+    assert record["medium"]["sip"]["outgoing"]["password"] == SIP_PASSWORD  # input untouched
+
+
+def test_sip_password_set_is_false_without_password() -> None:
+    result = normalize_one(sip_record(None))
+
+    assert result.media["sip_password_set"] is False
+    assert result.media["extra"] is None
+
+
+def test_sip_password_is_not_part_of_the_call_key() -> None:
+    page = [sip_record("first-password"), sip_record("second-password"), sip_record(None)]
+    calls, rejects = normalize_page(page, BATCH, CallKeys())
+
+    assert rejects == []
+    digests = {key_digest(c.call_key) for c in calls}
+    assert len(digests) == 1
+    assert [c.call_key.split("#")[1] for c in calls] == ["1", "2", "3"]
+    assert definition_digest(page[0]) == definition_digest(page[1]) == definition_digest(page[2])
+    # Only the flag differs between the children.
+    assert calls[0].detail_hash == calls[1].detail_hash != calls[2].detail_hash
+
+
+def test_rejected_record_payload_has_no_password() -> None:
+    record = sip_record(SIP_PASSWORD, batchId=OTHER_BATCH_ID)
+
+    calls, rejects = normalize_page([record], BATCH, CallKeys())
+
+    assert calls == []
+    assert len(rejects) == 1
+    assert SIP_PASSWORD not in repr(rejects[0])
+    assert rejects[0].payload == {
+        **record,
+        "medium": {
+            "sip": {
+                "outgoing": {
+                    "to": "sip:agent@pbx.example.com",
+                    "from": "sip:ultravox@example.com",
+                    "username": "alice",
+                }
+            }
+        },
+    }
+
+
+def test_strip_secrets_removes_password_at_any_depth() -> None:
+    value = {
+        "password": "top",
+        "sip": {"outgoing": {"to": "sip:x@example.com", "password": "deep"}},
+        "list": [{"password": "in-list", "keep": 1}, [{"nested": {"password": "x", "y": 2}}]],
+        "scalar": "password",
+    }
+    sent = copy.deepcopy(value)
+
+    assert strip_secrets(value) == {
+        "sip": {"outgoing": {"to": "sip:x@example.com"}},
+        "list": [{"keep": 1}, [{"nested": {"y": 2}}]],
+        "scalar": "password",
+    }
+    assert value == sent
+    assert strip_secrets("password") == "password"
+    assert strip_secrets(None) is None
+
+
+def test_medium_with_only_a_secret_key_is_the_default_medium() -> None:
+    result = normalize_one(make_record({"password": SIP_PASSWORD}))
+
+    assert result.media == media_row(medium_type="webRtc")
+    assert SIP_PASSWORD not in everything_as_text(result)
+
+
+# --- metadata -------------------------------------------------------------------------------
+
+
+def test_metadata_entries_strings_as_is_others_as_json_text() -> None:
+    metadata = {
+        "customer": "Zoë Ångström",
+        "名前": "太郎 🎉",
+        "count": "3",
+        "attempts": 3,
+        "ratio": 0.5,
+        "vip": True,
+        "none": None,
+        "tags": ["a", "ü"],
+        "nested": {"b": 1, "a": "x"},
+        "empty": "",
+    }
+    result = normalize_one(make_record(metadata=copy.deepcopy(metadata)))
+
+    assert result.metadata_entries == (
+        ("customer", "Zoë Ångström"),
+        ("名前", "太郎 🎉"),
+        ("count", "3"),
+        ("attempts", "3"),
+        ("ratio", "0.5"),
+        ("vip", "true"),
+        ("none", "null"),
+        ("tags", '["a","ü"]'),
+        ("nested", '{"a":"x","b":1}'),
+        ("empty", ""),
+    )
+    assert result.call["metadata"] == metadata
+
+
+@pytest.mark.parametrize(
+    ("metadata", "stored"), [({}, {}), (None, None), (_ABSENT, None)], ids=["{}", "null", "absent"]
+)
+def test_no_metadata_entries(metadata: Any, stored: Any) -> None:
+    record = make_record()
+    if metadata is _ABSENT:
+        del record["metadata"]
+    else:
+        record["metadata"] = metadata
+
+    result = normalize_one(record)
+
+    assert result.metadata_entries == ()
+    assert result.call["metadata"] == stored
+
+
+# --- the call row and the call key ---------------------------------------------------------
+
+
+def test_call_row_columns() -> None:
+    record = make_record(
+        {"twilio": {"outgoing": {"to": "+14155552671"}}},
+        status="SUCCESS",
+        batchId=BATCH_ID.upper(),
+        callId=CALL_ID.upper(),
+        error=None,
+        metadata={"customer": "c-9"},
+        templateContext={"name": "Ada", "items": [1, 2]},
+        experimentalSettings={"flag": True},
+    )
+    result = normalize_one(record)
+
+    assert result.call == {
+        "batch_id": BATCH_ID,
+        "agent_id": AGENT_ID,
+        "call_key": result.call_key,
+        "call_id": CALL_ID,
+        "status": "SUCCESS",
+        "error": None,
+        "medium_type": "twilio",
+        "metadata": {"customer": "c-9"},
+        "template_context": {"name": "Ada", "items": [1, 2]},
+        "experimental_settings": {"flag": True},
+    }
+    assert result.call_key.endswith("#1")
+    key_digest(result.call_key)
+
+
+@pytest.mark.parametrize("status", [*sorted(KNOWN_STATUSES), "CANCELLED", "paused_by_user"])
+def test_status_passes_through_unchanged(status: str) -> None:
+    result = normalize_one(make_record(status=status, error="boom" if status == "ERROR" else None))
+
+    assert result.call["status"] == status
+
+
+def test_call_key_is_deterministic() -> None:
+    record = make_record({"exotel": {}}, metadata={"b": "2", "a": "1"})
+    reordered = make_record({"exotel": {}}, metadata={"a": "1", "b": "2"})
+
+    first = normalize_one(record)
+    second = normalize_one(copy.deepcopy(record))
+    third = normalize_one(reordered)
+
+    assert first.call_key == second.call_key == third.call_key
+    assert first.call_hash == second.call_hash == third.call_hash
+    assert first.detail_hash == second.detail_hash
+    # Only the order of the metadata rows differs: the same child rows, so the same hash.
+    assert first.detail_hash == third.detail_hash
+
+
+def test_equal_definitions_get_occurrence_numbers_in_listing_order() -> None:
+    a = make_record(metadata={"customer": "a"})
+    b = make_record(metadata={"customer": "b"})
+    page = [a, b, copy.deepcopy(a), copy.deepcopy(a), copy.deepcopy(b)]
+
+    calls, rejects = normalize_page(page, BATCH, CallKeys())
+
+    assert rejects == []
+    digest_a, digest_b = key_digest(calls[0].call_key), key_digest(calls[1].call_key)
+    assert digest_a != digest_b
+    assert [c.call_key for c in calls] == [
+        f"{digest_a}#1",
+        f"{digest_b}#1",
+        f"{digest_a}#2",
+        f"{digest_a}#3",
+        f"{digest_b}#2",
+    ]
+
+
+def test_occurrences_continue_across_pages_of_one_listing() -> None:
+    keys = CallKeys()
+    record = make_record()
+
+    first, _ = normalize_page([record, copy.deepcopy(record)], BATCH, keys)
+    second, _ = normalize_page([copy.deepcopy(record)], BATCH, keys)
+
+    assert [c.call_key[-2:] for c in (*first, *second)] == ["#1", "#2", "#3"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"metadata": {"customer": "c-2"}},
+        {"metadata": {"customer": "c-1", "extra": "x"}},
+        {"metadata": None},
+        {"templateContext": {"name": "Grace"}},
+        {"templateContext": None},
+        {"experimentalSettings": {"beta": True}},
+        {"medium": {"exotel": {}}},
+        {"medium": {"twilio": {"outgoing": {"to": "+15550002"}}}},
+    ],
+    ids=repr,
+)
+def test_a_different_definition_gets_a_different_digest(change: dict[str, Any]) -> None:
+    base = make_record({"twilio": {"outgoing": {"to": "+15550001"}}})
+    changed = {**base, **change}
+
+    calls, _ = normalize_page([base, changed], BATCH, CallKeys())
+
+    assert key_digest(calls[0].call_key) != key_digest(calls[1].call_key)
+    assert calls[1].call_key.endswith("#1")
+
+
+def test_status_call_id_and_error_do_not_change_the_key() -> None:
+    future = make_record({"plivo": {"outgoing": {"to": "+15550001"}}}, status="FUTURE")
+    pending = {**future, "status": "PENDING"}
+    success = {**future, "status": "SUCCESS", "callId": CALL_ID.upper()}
+    failed = {**future, "status": "ERROR", "error": "number unreachable"}
+
+    results = [normalize_one(r) for r in (future, pending, success, failed)]
+
+    assert len({r.call_key for r in results}) == 1
+    assert len({r.call_hash for r in results}) == 4
+    assert len({r.detail_hash for r in results}) == 1
+    assert results[2].call["call_id"] == CALL_ID
+    assert results[3].call["error"] == "number unreachable"
+
+
+def test_detail_hash_follows_the_child_rows() -> None:
+    base = make_record({"webRtc": {"dataMessages": {"pong": True}}})
+    flag_changed = make_record({"webRtc": {"dataMessages": {"pong": False}}})
+    metadata_changed = make_record({"webRtc": {"dataMessages": {"pong": True}}}, metadata={})
+
+    hashes = [normalize_one(r).detail_hash for r in (base, flag_changed, metadata_changed)]
+
+    assert len(set(hashes)) == 3
+
+
+def test_call_id_is_lowercased() -> None:
+    result = normalize_one(
+        make_record(status="SUCCESS", callId="6BA7B810-9DAD-41D1-80B4-00C04FD430C8")
+    )
+
+    assert result.call["call_id"] == "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
+
+
+# --- records that do not fit ----------------------------------------------------------------
+
+
+def without(record: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != name}
+
+
+REJECT_CASES: list[tuple[str, Any, str]] = [
+    ("missing-status", without(make_record(), "status"), "missing or non-string 'status'"),
+    ("empty-status", make_record(status=""), "missing or non-string 'status'"),
+    ("numeric-status", make_record(status=3), "missing or non-string 'status'"),
+    ("missing-batchId", without(make_record(), "batchId"), "missing or non-string 'batchId'"),
+    (
+        "other-batch",
+        make_record(batchId=OTHER_BATCH_ID),
+        f"'batchId' '{OTHER_BATCH_ID}' is not the batch being listed",
+    ),
+    ("callId-number", make_record(callId=12345), "'callId' is neither a string nor null"),
+    ("error-object", make_record(error={"code": 1}), "'error' is neither a string nor null"),
+    ("metadata-list", make_record(metadata=["a", "b"]), "'metadata' is neither an object nor null"),
+    (
+        # The documentation example's own placeholder.
+        "metadata-string",
+        make_record(metadata="<unknown>"),
+        "'metadata' is neither an object nor null",
+    ),
+    ("medium-string", make_record("webRtc"), "'medium' is neither an object nor null"),
+    ("medium-list", make_record([{"webRtc": {}}]), "'medium' is neither an object nor null"),
+    ("string", "FUTURE", "expected a JSON object, got str"),
+    ("null", None, "expected a JSON object, got NoneType"),
+    ("list", [make_record()], "expected a JSON object, got list"),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"), [pytest.param(r, reason, id=n) for n, r, reason in REJECT_CASES]
+)
+def test_check_record_rejects(record: Any, reason: str) -> None:
+    with pytest.raises(RecordError) as raised:
+        check_record(record, BATCH)
+
+    assert str(raised.value) == reason
+    assert "\n" not in reason
+
+
+def test_check_record_accepts_a_documented_record() -> None:
+    record = make_record(
+        {"sip": {"incoming": {}}},
+        batchId=BATCH_ID.upper(),
+        callId=CALL_ID,
+        error="<string>",
+        metadata=None,
+        templateContext="<unknown>",
+        experimentalSettings="<unknown>",
+    )
+
+    check_record(record, BATCH)  # does not raise
+    assert normalize_one(record).call["template_context"] == "<unknown>"
+
+
+def test_normalize_page_keeps_good_records_and_rejects_the_others() -> None:
+    good = make_record({"sip": {"outgoing": {"to": "sip:a@example.com", "password": "pw"}}})
+    bad_records = [r for _, r, _ in REJECT_CASES]
+    page: list[Any] = [copy.deepcopy(good)]
+    for bad in bad_records:
+        page += [copy.deepcopy(bad), copy.deepcopy(good)]
+
+    calls, rejects = normalize_page(page, BATCH, CallKeys())
+
+    # Rejected records take no occurrence number: the good ones count 1, 2, 3, … unbroken.
+    assert [c.call_key.split("#")[1] for c in calls] == [
+        str(n) for n in range(1, len(bad_records) + 2)
+    ]
+    assert len({key_digest(c.call_key) for c in calls}) == 1
+    assert all(c.media["sip_password_set"] is True for c in calls)
+    assert rejects == [
+        RejectedRecord(position=2 * i + 1, reason=reason, payload=strip_secrets(record))
+        for i, (_, record, reason) in enumerate(REJECT_CASES)
+    ]
+
+
+def test_rejected_records_keep_their_payload_as_sent_minus_secrets() -> None:
+    bad = make_record(
+        {"sip": {"outgoing": {"to": "sip:a@example.com", "password": SIP_PASSWORD}}},
+        metadata=["not", "an", "object"],
+    )
+
+    _, rejects = normalize_page([make_record(), bad], BATCH, CallKeys())
+
+    assert rejects == [
+        RejectedRecord(
+            position=1,
+            reason="'metadata' is neither an object nor null",
+            payload={**bad, "medium": {"sip": {"outgoing": {"to": "sip:a@example.com"}}}},
+        )
+    ]
