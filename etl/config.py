@@ -38,21 +38,47 @@ class ApiSettings:
     backoff_max_seconds: float = 30.0
     retry_after_max_seconds: float = 120.0
     """A longer `Retry-After` is cut to this, so one answer cannot stall a cron run for hours."""
+    max_wait_seconds: float = 300.0
+    """Total pause between the attempts of one request before the batch fails."""
+    max_requests_per_second: float = 20.0
+    """Client-side cap, so the job never causes 429s itself (Ultravox allows 200/s a key)."""
+    concurrency: int = 4
+    """Batches fetched at the same time (still within max_requests_per_second)."""
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    lock_wait_seconds: float = 30.0
+    """How long a run waits for a batch another run is syncing before it skips it."""
+    strict: bool = False
+    """A batch with a rejected record fails instead of loading the rest."""
 
 
 @dataclass(frozen=True)
 class BatchRef:
-    """One configured scheduled call batch."""
+    """One scheduled call batch to sync."""
 
     agent_id: str
     batch_id: str
+    statuses: tuple[str, ...] = ()
+    """Only calls with these statuses (the API's `status` filter); empty means all."""
+
+
+@dataclass(frozen=True)
+class AgentRef:
+    """Every batch of an agent, as its batch list says at the time of the run."""
+
+    agent_id: str
+    statuses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Config:
     api: ApiSettings
-    database_url: str
+    database_url: str = field(repr=False)  # may carry a password
     batches: tuple[BatchRef, ...]
+    agents: tuple[AgentRef, ...] = ()
+    sync: SyncSettings = field(default_factory=SyncSettings)
     api_key: str = field(default="", repr=False)
     source: str = "<defaults>"
 
@@ -65,10 +91,16 @@ _API_KEYS: dict[str, type] = {
     "backoff_initial_seconds": float,
     "backoff_max_seconds": float,
     "retry_after_max_seconds": float,
+    "max_wait_seconds": float,
+    "max_requests_per_second": float,
+    "concurrency": int,
 }
-_TOP_LEVEL_KEYS = {"api", "database", "batches"}
+_SYNC_KEYS: dict[str, type] = {"lock_wait_seconds": float, "strict": bool}
+_TOP_LEVEL_KEYS = {"api", "database", "sync", "batches", "agents"}
 _DATABASE_KEYS = {"url"}
-_BATCH_KEYS = {"agent_id", "batch_id"}
+_BATCH_KEYS = {"agent_id", "batch_id", "statuses"}
+_AGENT_KEYS = {"agent_id", "statuses"}
+STATUS_FILTER_VALUES = ("FUTURE", "PENDING", "SUCCESS", "EXPIRED", "ERROR")
 # The canonical 8-4-4-4-12 form only. uuid.UUID alone is too lenient: it drops every "-",
 # "{}", "urn:uuid:", and int(..., 16) accepts a sign or whitespace, so "+" followed by 31
 # hex digits silently became a different UUID instead of a config error.
@@ -131,12 +163,25 @@ def parse_config(
         raise ConfigError(f"{source}: [database] url: expected a non-empty string")
     url = database_url or environ.get(DATABASE_URL_ENV) or file_url
 
+    sync_table = _table(data, "sync", source)
+    sync = SyncSettings(**_typed_values(sync_table, _SYNC_KEYS, source, "[sync]"))
+    if sync.lock_wait_seconds < 0:
+        raise ConfigError(f"{source}: [sync] lock_wait_seconds: must not be negative")
     batches = _parse_batches(data.get("batches", []), source)
+    agents = _parse_agents(data.get("agents", []), source)
 
     api_key = environ.get(API_KEY_ENV, "").strip()
     if require_api_key and not api_key:
         raise ConfigError(f"environment: {API_KEY_ENV} is not set (the Ultravox API key)")
-    return Config(api=api, database_url=url, batches=batches, api_key=api_key, source=source)
+    return Config(
+        api=api,
+        database_url=url,
+        batches=batches,
+        agents=agents,
+        sync=sync,
+        api_key=api_key,
+        source=source,
+    )
 
 
 def _table(data: Mapping[str, Any], name: str, source: str) -> Mapping[str, Any]:
@@ -154,26 +199,34 @@ def _reject_unknown(table: Mapping[str, Any], known: set[str], source: str, wher
             raise ConfigError(f"{source}: {place}unknown key {key!r} (expected one of: {expected})")
 
 
-def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
-    _reject_unknown(table, set(_API_KEYS), source, "[api]")
+def _typed_values(
+    table: Mapping[str, Any], kinds: Mapping[str, type], source: str, where: str
+) -> dict[str, Any]:
+    """The table's values, each checked against its expected type."""
+    _reject_unknown(table, set(kinds), source, where)
     values: dict[str, Any] = {}
-    for key, kind in _API_KEYS.items():
-        if key not in table:
-            continue
-        value = table[key]
+    for key, value in table.items():
+        kind = kinds[key]
         # TOML booleans are ints to Python; an int is a fine float. TOML also has nan and inf,
-        # which pass every range check below (nan compares false), so they are refused here.
-        ok = (
-            isinstance(value, kind) and not isinstance(value, bool)
-            if kind is not float
-            else isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-        )
+        # which pass every range check (nan compares false), so they are refused here.
+        if kind is bool:
+            ok = isinstance(value, bool)
+        elif kind is float:
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+        else:
+            ok = isinstance(value, kind) and not isinstance(value, bool)
         if not ok:
-            raise ConfigError(f"{source}: [api] {key}: expected {kind.__name__}, got {value!r}")
+            raise ConfigError(f"{source}: {where} {key}: expected {kind.__name__}, got {value!r}")
         values[key] = value
-    settings = ApiSettings(**values)
+    return values
+
+
+def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
+    settings = ApiSettings(**_typed_values(table, _API_KEYS, source, "[api]"))
 
     parts = urlsplit(settings.base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -182,13 +235,13 @@ def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
         )
     if parts.query or parts.fragment:
         raise ConfigError(f"{source}: [api] base_url: must not carry a query or fragment")
-    for key in ("page_size", "max_attempts"):
+    for key in ("page_size", "max_attempts", "concurrency"):
         if getattr(settings, key) < 1:
             raise ConfigError(f"{source}: [api] {key}: must be at least 1")
-    for key in ("timeout_seconds", "backoff_max_seconds"):
+    for key in ("timeout_seconds", "backoff_max_seconds", "max_requests_per_second"):
         if getattr(settings, key) <= 0:
             raise ConfigError(f"{source}: [api] {key}: must be greater than 0")
-    for key in ("backoff_initial_seconds", "retry_after_max_seconds"):
+    for key in ("backoff_initial_seconds", "retry_after_max_seconds", "max_wait_seconds"):
         if getattr(settings, key) < 0:
             raise ConfigError(f"{source}: [api] {key}: must not be negative")
     return settings
@@ -209,8 +262,38 @@ def _parse_batches(value: Any, source: str) -> tuple[BatchRef, ...]:
         if batch_id in seen:
             raise ConfigError(f"{source}: {where}: batch_id {batch_id} is listed twice")
         seen.add(batch_id)
-        refs.append(BatchRef(agent_id=agent_id, batch_id=batch_id))
+        statuses = _statuses(entry, source, where)
+        refs.append(BatchRef(agent_id=agent_id, batch_id=batch_id, statuses=statuses))
     return tuple(refs)
+
+
+def _parse_agents(value: Any, source: str) -> tuple[AgentRef, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: agents: expected an array of tables ([[agents]])")
+    refs: list[AgentRef] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(value, start=1):
+        where = f"[[agents]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: {where}: expected a table")
+        _reject_unknown(entry, _AGENT_KEYS, source, where)
+        agent_id = _uuid(entry, "agent_id", source, where)
+        if agent_id in seen:
+            raise ConfigError(f"{source}: {where}: agent_id {agent_id} is listed twice")
+        seen.add(agent_id)
+        refs.append(AgentRef(agent_id=agent_id, statuses=_statuses(entry, source, where)))
+    return tuple(refs)
+
+
+def _statuses(entry: Mapping[str, Any], source: str, where: str) -> tuple[str, ...]:
+    value = entry.get("statuses", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {where}: statuses: expected an array of strings")
+    for status in value:
+        if status not in STATUS_FILTER_VALUES:
+            allowed = ", ".join(STATUS_FILTER_VALUES)
+            raise ConfigError(f"{source}: {where}: statuses: {status!r} is not one of {allowed}")
+    return tuple(dict.fromkeys(value))
 
 
 def _uuid(entry: Mapping[str, Any], key: str, source: str, where: str) -> str:

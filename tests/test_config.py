@@ -246,23 +246,23 @@ def test_not_utf8(tmp_path: Path) -> None:
     [
         (
             'api_key = "x"\n' + BATCH_TABLE,
-            "unknown key 'api_key' (expected one of: api, batches, database)",
+            "unknown key 'api_key' (expected one of: agents, api, batches, database, sync)",
         ),
         (
             '[databse]\nurl = "sqlite:///x.db"\n',
-            "unknown key 'databse' (expected one of: api, batches, database)",
+            "unknown key 'databse' (expected one of: agents, api, batches, database, sync)",
         ),
         (
             "[api]\npagesize = 10\n",
             "[api] unknown key 'pagesize' (expected one of: backoff_initial_seconds, "
-            "backoff_max_seconds, base_url, max_attempts, page_size, retry_after_max_seconds, "
-            "timeout_seconds)",
+            "backoff_max_seconds, base_url, concurrency, max_attempts, max_requests_per_second, "
+            "max_wait_seconds, page_size, retry_after_max_seconds, timeout_seconds)",
         ),
         (
             "[api.retry]\nattempts = 3\n",
             "[api] unknown key 'retry' (expected one of: backoff_initial_seconds, "
-            "backoff_max_seconds, base_url, max_attempts, page_size, retry_after_max_seconds, "
-            "timeout_seconds)",
+            "backoff_max_seconds, base_url, concurrency, max_attempts, max_requests_per_second, "
+            "max_wait_seconds, page_size, retry_after_max_seconds, timeout_seconds)",
         ),
         (
             '[database]\nuri = "sqlite:///x.db"\n',
@@ -271,7 +271,7 @@ def test_not_utf8(tmp_path: Path) -> None:
         (
             BATCH_TABLE + f'\n[[batches]]\nagent_id = "{AGENT_ID}"\nbatch_id = "{BATCH_ID_2}"\n'
             'name = "spring campaign"\n',
-            "[[batches]] #2 unknown key 'name' (expected one of: agent_id, batch_id)",
+            "[[batches]] #2 unknown key 'name' (expected one of: agent_id, batch_id, statuses)",
         ),
     ],
     ids=["top-level", "misspelled-table", "api", "api-subtable", "database", "batches"],
