@@ -38,6 +38,17 @@ scheduled_batches = Table(
     Column("first_seen_at", UtcDateTime, nullable=False),
     Column("last_synced_at", UtcDateTime),
     Column("removed_at", UtcDateTime),
+    # From GET …/scheduled_batches/{batch_id}; never the webhook secret.
+    Column("created", UtcDateTime),
+    Column("window_start", UtcDateTime),
+    Column("window_end", UtcDateTime),
+    Column("throttle", Text),
+    Column("paused", Boolean),
+    Column("total_count", Integer),
+    Column("completed_count", Integer),
+    Column("ended_at", UtcDateTime),
+    Column("webhook_url", Text),
+    Column("details_synced_at", UtcDateTime),
 )
 
 etl_runs = Table(
@@ -99,6 +110,10 @@ scheduled_calls = Table(
     Column("removed_at", UtcDateTime),
     Column("call_hash", Text, nullable=False),
     Column("detail_hash", Text, nullable=False),
+    # PostgreSQL text and jsonb cannot hold U+0000. A record that has one is stored with each
+    # U+0000 replaced by U+FFFD, and here, exactly as sent (secrets removed), as JSON text in
+    # which U+0000 is the escape sequence \u0000: json.loads() of it gives the record back.
+    Column("nul_escaped_record", Text),
     UniqueConstraint("batch_id", "call_key"),
     Index(None, "batch_id", "status"),
 )
