@@ -27,6 +27,8 @@ FINAL_STATUSES = frozenset({"SUCCESS", "EXPIRED", "ERROR"})
 KNOWN_MEDIUM_TYPES = ("webRtc", "twilio", "serverWebSocket", "telnyx", "plivo", "exotel", "sip")
 DEFAULT_MEDIUM_TYPE = "webRtc"
 DEFINITION_FIELDS = ("medium", "metadata", "templateContext", "experimentalSettings")
+NUL = "\x00"
+NUL_REPLACEMENT = "\ufffd"
 SECRET_MEDIUM_KEYS = frozenset({"password"})
 """Keys dropped wherever they appear in a medium: never stored, hashed or logged."""
 
@@ -129,19 +131,57 @@ class CallKeys:
 
 
 def normalize_page(
-    results: list[Any], batch: BatchRef, keys: CallKeys
+    results: list[Any], batch: BatchRef, keys: CallKeys, *, may_hold_nul: bool = True
 ) -> tuple[list[NormalizedCall], list[RejectedRecord]]:
-    """Rows for every good record of a page, and the records that do not fit."""
+    """Rows for every good record of a page, and the records that do not fit.
+
+    `may_hold_nul=False` (the page's JSON text has no `\u0000` escape) skips the search for
+    U+0000 in every string, which costs more than the rest of normalization.
+    """
     calls: list[NormalizedCall] = []
     rejects: list[RejectedRecord] = []
     for position, record in enumerate(results):
         try:
             check_record(record, batch)
         except RecordError as exc:
-            rejects.append(RejectedRecord(position, str(exc), strip_secrets(record)))
+            payload = strip_secrets(record)
+            if may_hold_nul and holds_nul(payload):
+                payload = replace_nul(payload)
+            rejects.append(RejectedRecord(position, str(exc), payload))
             continue
-        calls.append(normalize_call(record, batch, keys.next_key(record)))
+        key = keys.next_key(record)
+        if may_hold_nul and holds_nul(record):
+            calls.append(normalize_call(replace_nul(record), batch, key, nul_escaped(record)))
+        else:
+            calls.append(normalize_call(record, batch, key))
     return calls, rejects
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether a JSON value has U+0000 in any string or key."""
+    if isinstance(value, str):
+        return NUL in value
+    if isinstance(value, dict):
+        return any(NUL in k or holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds_nul(v) for v in value)
+    return False
+
+
+def replace_nul(value: Any) -> Any:
+    """The value with every U+0000 replaced by U+FFFD, which both databases can store."""
+    if isinstance(value, str):
+        return value.replace(NUL, NUL_REPLACEMENT)
+    if isinstance(value, dict):
+        return {k.replace(NUL, NUL_REPLACEMENT): replace_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [replace_nul(v) for v in value]
+    return value
+
+
+def nul_escaped(record: Mapping[str, Any]) -> str:
+    """The record exactly, as JSON text: json.dumps writes U+0000 as the escape \\u0000."""
+    return json.dumps(strip_secrets(record), ensure_ascii=False, sort_keys=True)
 
 
 def check_record(record: Any, batch: BatchRef) -> None:
@@ -165,8 +205,13 @@ def check_record(record: Any, batch: BatchRef) -> None:
         raise RecordError("'metadata' is neither an object nor null")
 
 
-def normalize_call(record: Mapping[str, Any], batch: BatchRef, call_key: str) -> NormalizedCall:
-    """Rows for one checked record (see check_record)."""
+def normalize_call(
+    record: Mapping[str, Any],
+    batch: BatchRef,
+    call_key: str,
+    nul_escaped_record: str | None = None,
+) -> NormalizedCall:
+    """Rows for one checked record (see check_record) that holds no U+0000."""
     media, data_messages = normalize_medium(record.get("medium"))
     call_id = record.get("callId")
     metadata = record.get("metadata")
@@ -181,6 +226,7 @@ def normalize_call(record: Mapping[str, Any], batch: BatchRef, call_key: str) ->
         "metadata": metadata,
         "template_context": record.get("templateContext"),
         "experimental_settings": record.get("experimentalSettings"),
+        "nul_escaped_record": nul_escaped_record,
     }
     entries = metadata_entries(metadata)
     return NormalizedCall(

@@ -759,6 +759,7 @@ def test_call_row_columns() -> None:
         "metadata": {"customer": "c-9"},
         "template_context": {"name": "Ada", "items": [1, 2]},
         "experimental_settings": {"flag": True},
+        "nul_escaped_record": None,
     }
     assert result.call_key.endswith("#1")
     key_digest(result.call_key)
@@ -968,3 +969,41 @@ def test_rejected_records_keep_their_payload_as_sent_minus_secrets() -> None:
             payload={**bad, "medium": {"sip": {"outgoing": {"to": "sip:a@example.com"}}}},
         )
     ]
+
+
+# --- U+0000, which PostgreSQL text and jsonb refuse ------------------------------------------
+
+
+def test_a_record_with_nul_is_stored_replaced_and_kept_exactly_as_escaped_json() -> None:
+    record = make_record(
+        {"sip": {"outgoing": {"to": "sip:a\x00b@example.com", "password": "pw\x00"}}},
+        error="line one\x00line two",
+        metadata={"k\x00ey": "v\x00alue", "plain": "ok"},
+        templateContext={"nested": ["a\x00", {"b": "\x00"}]},
+    )
+    [call], rejects = normalize_page([record], BATCH, CallKeys())
+
+    assert rejects == []
+    assert call.call["error"] == "line one\ufffdline two"
+    assert call.call["metadata"] == {"k\ufffdey": "v\ufffdalue", "plain": "ok"}
+    assert call.call["template_context"] == {"nested": ["a\ufffd", {"b": "\ufffd"}]}
+    assert call.media["to_address"] == "sip:a\ufffdb@example.com"
+    assert ("k\ufffdey", "v\ufffdalue") in call.metadata_entries
+    escaped = call.call["nul_escaped_record"]
+    assert "\x00" not in escaped and "\\u0000" in escaped
+    expected = copy.deepcopy(record)
+    del expected["medium"]["sip"]["outgoing"]["password"]
+    assert json.loads(escaped) == expected
+    assert "\x00" not in json.dumps(dataclasses.asdict(call), ensure_ascii=False)
+
+
+def test_a_record_without_nul_has_no_escaped_copy() -> None:
+    [call], _ = normalize_page([make_record(error="fine")], BATCH, CallKeys())
+    assert call.call["nul_escaped_record"] is None
+
+
+def test_nul_in_a_rejected_record_is_replaced_in_its_payload() -> None:
+    bad = make_record(metadata=["not", "an object\x00"])
+    calls, [reject] = normalize_page([bad], BATCH, CallKeys())
+    assert calls == []
+    assert reject.payload["metadata"] == ["not", "an object\ufffd"]

@@ -41,6 +41,7 @@ _CALL_UPDATE_COLUMNS = (
     "metadata",
     "template_context",
     "experimental_settings",
+    "nul_escaped_record",
     "call_hash",
     "detail_hash",
     "updated_at",
