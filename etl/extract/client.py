@@ -65,7 +65,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    # ASCII only: headers arrive latin-1 decoded and str.isdigit() accepts "²", which
+    # float() rejects; the ValueError escaped get_json instead of falling back to backoff.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -110,6 +112,7 @@ class UltravoxClient:
         self.settings = settings
         self.base_url = settings.base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
+        self._api_key = api_key  # only to scrub it from error bodies quoted in messages
         self._session = requests.Session()
         self._session.headers.update(
             {
@@ -173,7 +176,7 @@ class UltravoxClient:
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientError(f"HTTP {status} on GET {path}", retry_after=retry_after)
-        detail = _detail(response)
+        detail = _detail(response, self._api_key)
         if status in (401, 403):
             raise ApiKeyRefused(
                 f"the Ultravox API refused the API key (HTTP {status}{detail}); "
@@ -194,9 +197,13 @@ class UltravoxClient:
         log.warning("%s; retrying in %.1fs (attempt %d)", exc, wait, retry_state.attempt_number + 1)
 
 
-def _detail(response: requests.Response) -> str:
+def _detail(response: requests.Response, api_key: str) -> str:
     """A short, single-line excerpt of an error body for the message."""
     text = response.text.strip().replace("\n", " ")
+    # A server or gateway that echoes the key it refused ("Invalid API key: sk-...") must
+    # not put it into the message, which ends up in logs and in etl_runs.
+    if api_key:
+        text = text.replace(api_key, "[API key]")
     if not text:
         return ""
     if len(text) > 200:
