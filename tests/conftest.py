@@ -93,6 +93,7 @@ def write_config(
     lines = ["[api]", f'base_url = "{base_url}"']
     api.setdefault("page_size", 10)
     api.setdefault("timeout_seconds", 5)
+    api.setdefault("max_requests_per_second", 1000.0)
     for key, value in api.items():
         lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
     if database_url is not None:

@@ -27,6 +27,7 @@ from etl.extract.client import (
     parse_retry_after,
 )
 from etl.extract.pagination import Page, RepeatedCursor
+from etl.extract.ratelimit import RateLimiter
 from etl.extract.streams import scheduled_call_pages
 from etl.fake_api import FakeBatch, FakeUltravox, generate_calls, retry_after_date
 
@@ -50,6 +51,9 @@ def make_settings(base_url: str, **overrides: Any) -> ApiSettings:
         "backoff_initial_seconds": BACKOFF_INITIAL,
         "backoff_max_seconds": BACKOFF_MAX,
         "retry_after_max_seconds": RETRY_AFTER_MAX,
+        # The rate cap and the total-wait budget have tests of their own below.
+        "max_requests_per_second": 10_000.0,
+        "max_wait_seconds": 100_000.0,
     }
     values.update(overrides)
     return ApiSettings(**values)
@@ -184,7 +188,9 @@ def test_exact_multiple_of_page_size_has_no_trailing_empty_page(
 def test_empty_batch_is_one_empty_last_page(fake: FakeUltravox, client: UltravoxClient) -> None:
     fake.add_batch(AGENT, BATCH, [])
     pages = list(pages_of(client))
-    assert pages == [Page(number=1, results=[], total=0, cursor=None, is_last=True)]
+    assert pages == [
+        Page(number=1, results=[], total=0, cursor=None, is_last=True, may_hold_nul=False)
+    ]
     assert len(fake.requests) == 1
 
 
@@ -818,7 +824,9 @@ def test_total_may_be_absent(fake: FakeUltravox, client: UltravoxClient) -> None
     fake.add_batch(AGENT, BATCH, [])
     fake.inject_payload({"results": [{"a": 1}], "next": None})
     assert list(pages_of(client)) == [
-        Page(number=1, results=[{"a": 1}], total=None, cursor=None, is_last=True)
+        Page(
+            number=1, results=[{"a": 1}], total=None, cursor=None, is_last=True, may_hold_nul=False
+        )
     ]
 
 
@@ -861,3 +869,61 @@ def test_parse_retry_after_uses_the_clock() -> None:
     future = parse_retry_after(http_date(time.time() + 60))
     assert future is not None and 58.0 <= future <= 60.0
     assert parse_retry_after(http_date(time.time() - 3600)) == 0.0
+
+
+# -- total wait budget, rate cap, NUL hint ----------------------------------------------------
+
+
+def test_total_wait_budget_stops_retrying_before_attempts_run_out(fake: FakeUltravox) -> None:
+    fake.add_batch(AGENT, BATCH, generate_calls(BATCH, 3))
+    fake.inject(429, times=10, retry_after="40")
+    waits: list[float] = []
+    settings = make_settings(fake.base_url, max_attempts=10, max_wait_seconds=100.0)
+    with (
+        UltravoxClient(settings, KEY, sleep=waits.append) as client,
+        pytest.raises(ApiError, match="after 3 attempts"),
+    ):
+        list(pages_of(client))
+    # 40 + 40 = 80 s waited; a third pause would make 120 s, over the 100 s budget.
+    assert waits == [40.0, 40.0]
+    assert len(fake.requests) == 3
+
+
+def test_rate_limiter_spaces_requests_across_threads() -> None:
+    clock = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    limiter = RateLimiter(4.0, monotonic=lambda: clock[0], sleep=sleep)
+    for _ in range(3):
+        limiter.wait()
+    assert slept == [0.25, 0.5]
+    clock[0] += 10.0  # idle for a while: no burst credit is saved up beyond the next slot
+    limiter.wait()
+    assert slept == [0.25, 0.5]
+
+
+def test_client_requests_pass_the_rate_limiter(fake: FakeUltravox) -> None:
+    fake.add_batch(AGENT, BATCH, generate_calls(BATCH, 30))
+    calls: list[None] = []
+
+    class CountingLimiter(RateLimiter):
+        def wait(self) -> None:
+            calls.append(None)
+
+    with UltravoxClient(
+        make_settings(fake.base_url), KEY, rate_limiter=CountingLimiter(1.0)
+    ) as client:
+        pages = list(pages_of(client))
+    assert len(calls) == len(pages) == len(fake.requests)
+
+
+def test_nul_hint_follows_the_json_text(fake: FakeUltravox, client: UltravoxClient) -> None:
+    fake.add_batch(AGENT, BATCH, [])
+    fake.inject_payload({"results": [{"error": "a\x00b"}], "next": None})
+    [page] = pages_of(client)
+    assert page.may_hold_nul is True and page.results == [{"error": "a\x00b"}]
+    [page] = pages_of(client)
+    assert page.may_hold_nul is False

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from tenacity.wait import wait_base
 
 from etl import __version__
 from etl.config import ApiSettings
+from etl.extract.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +101,29 @@ class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming style for w
         return float(self.fallback(retry_state))
 
 
+class stop_after_waiting(tenacity.stop.stop_base):  # noqa: N801 - tenacity's naming style
+    """Stop once the pauses between attempts would add up to more than `max_wait` seconds."""
+
+    def __init__(self, max_wait: float) -> None:
+        self.max_wait = max_wait
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return retry_state.idle_for + (retry_state.upcoming_sleep or 0.0) > self.max_wait
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    body: Any
+    may_hold_nul: bool
+    """False when the JSON text has no \\u0000 escape, so no string in it holds U+0000."""
+
+
 class UltravoxClient:
-    """GET JSON from the configured Ultravox API with bounded, jittered retries."""
+    """GET JSON from the configured Ultravox API with bounded, jittered retries.
+
+    Safe to share between threads: requests go through one keep-alive session and one rate
+    limiter, and each request gets its own retry state.
+    """
 
     def __init__(
         self,
@@ -108,12 +131,17 @@ class UltravoxClient:
         api_key: str,
         *,
         sleep: Sleep | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
+        self.rate_limiter = rate_limiter or RateLimiter(settings.max_requests_per_second)
         self.base_url = settings.base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
         self._api_key = api_key  # only to scrub it from error bodies quoted in messages
         self._session = requests.Session()
+        pool = max(10, settings.concurrency * 2)
+        self._session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=pool))
+        self._session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=pool))
         self._session.headers.update(
             {
                 "X-API-Key": api_key,
@@ -122,7 +150,8 @@ class UltravoxClient:
             }
         )
         self._retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(settings.max_attempts),
+            stop=tenacity.stop_after_attempt(settings.max_attempts)
+            | stop_after_waiting(settings.max_wait_seconds),
             wait=wait_retry_after(
                 tenacity.wait_exponential_jitter(
                     multiplier=settings.backoff_initial_seconds,
@@ -147,20 +176,26 @@ class UltravoxClient:
         self.close()
 
     def get_json(self, path: str, params: Mapping[str, str | int] | None = None) -> Any:
-        """GET `path` (relative to the base URL) and return the decoded JSON body.
+        """GET `path` (relative to the base URL) and return the decoded JSON body."""
+        return self.fetch(path, params).body
+
+    def fetch(self, path: str, params: Mapping[str, str | int] | None = None) -> ApiResponse:
+        """GET `path` (relative to the base URL): the decoded JSON body and a NUL hint.
 
         Raises ApiKeyRefused, NotFound, ApiError for other failures, and ApiError wrapping
-        the last TransientError once the attempts are spent.
+        the last TransientError once the attempts or the total wait are spent.
         """
         url = f"{self.base_url}{path}"
+        retrying = self._retrying.copy()
         try:
-            return self._retrying(self._get_once, url, params or {})
+            return retrying(self._get_once, url, params or {})
         except TransientError as exc:
-            attempts = self.settings.max_attempts
+            attempts = retrying.statistics.get("attempt_number", "?")
             raise ApiError(f"GET {path} failed after {attempts} attempts: {exc}") from None
 
-    def _get_once(self, url: str, params: Mapping[str, str | int]) -> Any:
+    def _get_once(self, url: str, params: Mapping[str, str | int]) -> ApiResponse:
         path = urlsplit(url).path
+        self.rate_limiter.wait()
         try:
             response = self._session.get(
                 url, params=params, timeout=self.settings.timeout_seconds, allow_redirects=False
@@ -169,8 +204,9 @@ class UltravoxClient:
             raise TransientError(f"{type(exc).__name__} on GET {path}") from None
         status = response.status_code
         if status == 200:
+            content = response.content
             try:
-                return json.loads(response.content)
+                return ApiResponse(json.loads(content), b"\\u0000" in content)
             except ValueError:
                 raise TransientError(f"GET {path}: the 200 response is not valid JSON") from None
         if status == 429 or status >= 500:

@@ -30,6 +30,8 @@ class Page:
     cursor: str | None
     """The cursor this page was requested with; None for the first page."""
     is_last: bool
+    may_hold_nul: bool = True
+    """False when the page's JSON text cannot hold U+0000 (see ApiResponse)."""
 
 
 class RepeatedCursor(MalformedResponse):
@@ -53,7 +55,9 @@ def cursor_from_next(next_url: str, *, expected_host: str, where: str) -> str:
     return values[0]
 
 
-def check_page(body: Any, *, number: int, cursor: str | None, where: str) -> tuple[Page, Any]:
+def check_page(
+    body: Any, *, number: int, cursor: str | None, where: str, may_hold_nul: bool = True
+) -> tuple[Page, Any]:
     """Validate a page body; return the Page and its raw `next` value."""
     if not isinstance(body, dict):
         raise MalformedResponse(f"{where}: page {number} is not a JSON object")
@@ -66,7 +70,14 @@ def check_page(body: Any, *, number: int, cursor: str | None, where: str) -> tup
     total = body.get("total")
     if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 0):
         raise MalformedResponse(f"{where}: page {number} has an invalid 'total': {total!r}")
-    page = Page(number=number, results=results, total=total, cursor=cursor, is_last=not next_url)
+    page = Page(
+        number=number,
+        results=results,
+        total=total,
+        cursor=cursor,
+        is_last=not next_url,
+        may_hold_nul=may_hold_nul,
+    )
     return page, next_url
 
 
@@ -88,8 +99,14 @@ def iterate_pages(
         query = dict(params)
         if cursor is not None:
             query["cursor"] = cursor
-        body = client.get_json(path, query)
-        page, next_url = check_page(body, number=number, cursor=cursor, where=where)
+        response = client.fetch(path, query)
+        page, next_url = check_page(
+            response.body,
+            number=number,
+            cursor=cursor,
+            where=where,
+            may_hold_nul=response.may_hold_nul,
+        )
         log.debug("%s: page %d with %d results", where, number, len(page.results))
         yield page
         if not next_url:

@@ -3,25 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 from etl.config import BatchRef
-from etl.extract.client import UltravoxClient
+from etl.extract.client import MalformedResponse, UltravoxClient
 from etl.extract.pagination import Page, iterate_pages
 
 
+def agent_path(agent_id: str) -> str:
+    return f"/api/agents/{quote(agent_id, safe='')}/scheduled_batches"
+
+
 def batch_path(batch: BatchRef) -> str:
-    agent, batch_id = quote(batch.agent_id, safe=""), quote(batch.batch_id, safe="")
-    return f"/api/agents/{agent}/scheduled_batches/{batch_id}"
+    return f"{agent_path(batch.agent_id)}/{quote(batch.batch_id, safe='')}"
 
 
 def scheduled_call_pages(
-    client: UltravoxClient, batch: BatchRef, *, page_size: int
+    client: UltravoxClient,
+    batch: BatchRef,
+    *,
+    page_size: int,
+    status: str | None = None,
 ) -> Iterator[Page]:
-    """Every page of `GET …/scheduled_batches/{batch_id}/scheduled_calls`, unfiltered."""
+    """Every page of `GET …/scheduled_batches/{batch_id}/scheduled_calls`.
+
+    With `status`, only the calls in that status (the API's own filter).
+    """
+    params: dict[str, str | int] = {"pageSize": page_size}
+    where = f"batch {batch.batch_id}"
+    if status is not None:
+        params["status"] = status
+        where += f" (status {status})"
+    return iterate_pages(client, f"{batch_path(batch)}/scheduled_calls", params, where=where)
+
+
+def batch_details(client: UltravoxClient, batch: BatchRef) -> dict[str, Any]:
+    """`GET …/scheduled_batches/{batch_id}`: the batch's own fields."""
+    body = client.get_json(batch_path(batch))
+    if not isinstance(body, dict):
+        raise MalformedResponse(f"batch {batch.batch_id}: details are not a JSON object")
+    return body
+
+
+def agent_batch_pages(client: UltravoxClient, agent_id: str, *, page_size: int) -> Iterator[Page]:
+    """Every page of `GET /api/agents/{agent_id}/scheduled_batches`."""
     return iterate_pages(
-        client,
-        f"{batch_path(batch)}/scheduled_calls",
-        {"pageSize": page_size},
-        where=f"batch {batch.batch_id}",
+        client, agent_path(agent_id), {"pageSize": page_size}, where=f"agent {agent_id}"
     )
