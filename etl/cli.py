@@ -10,10 +10,19 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine
 
 from etl import __version__
 from etl.config import ConfigError, load_config
-from etl.load.database import DatabaseError, open_engine, require_head, upgrade_to_head
+from etl.load.database import (
+    DatabaseError,
+    SchemaBehind,
+    open_engine,
+    require_head,
+    upgrade_to_head,
+)
 from etl.load.dialect import masked
 from etl.report import RunResult, summary_lines
 from etl.sync import run_sync
@@ -94,6 +103,7 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         log.info("database %s", masked(engine.url))
         if args.no_migrate:
+            _refuse_missing_sqlite_file(engine)
             require_head(engine)
         else:
             upgrade_to_head(engine)
@@ -102,6 +112,21 @@ def _sync(args: argparse.Namespace) -> int:
         engine.dispose()
     print_summary(run)
     return exit_code(run)
+
+
+def _refuse_missing_sqlite_file(engine: Engine) -> None:
+    """With --no-migrate, refuse a SQLite file that does not exist before connecting to it.
+
+    Connecting would create the file (the WAL pragma writes its header), so a run refused for
+    its missing schema would still leave a stray database behind.
+    """
+    url = engine.url
+    if engine.dialect.name != "sqlite" or url.query.get("uri"):
+        return
+    if url.database and url.database != ":memory:" and not Path(url.database).exists():
+        raise SchemaBehind(
+            f"{masked(url)} does not exist; run `ultravox-etl migrate` or drop --no-migrate"
+        )
 
 
 def _migrate(args: argparse.Namespace) -> int:
