@@ -1,35 +1,26 @@
 """Command line: `ultravox-etl sync | migrate | demo`. Wiring only; the work is elsewhere.
 
 Exit codes: 0 every batch synced; 1 a batch or the run failed (the other batches still
-committed); 2 a usage or configuration error, before anything was written.
+committed); 2 a usage or configuration error, before anything was written; 75 every batch
+was being synced by another run (try later); 128+N stopped by signal N (SIGTERM: 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-
-from sqlalchemy import Engine
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from etl import __version__
 from etl.config import ConfigError, load_config
-from etl.load.database import (
-    DatabaseError,
-    SchemaBehind,
-    open_engine,
-    require_head,
-    upgrade_to_head,
-)
+from etl.load.database import DatabaseError, open_engine, upgrade_to_head
 from etl.load.dialect import masked
-from etl.report import RunResult, summary_lines
-from etl.sync import run_sync
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+from etl.pipeline import Interrupted, sync
+from etl.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, summary_lines
 
 log = logging.getLogger("etl")
 
@@ -45,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity = argparse.ArgumentParser(add_help=False)
     group = verbosity.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every page")
-    group.add_argument("-q", "--quiet", action="store_true", help="log only errors")
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="log only errors (the summary still prints)"
+    )
 
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
@@ -55,10 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="overrides [database] url and ULTRAVOX_ETL_DATABASE_URL",
     )
 
-    sync = commands.add_parser(
+    sync_cmd = commands.add_parser(
         "sync", parents=[database, verbosity], help="sync the configured batches"
     )
-    sync.add_argument(
+    sync_cmd.add_argument(
+        "--batch",
+        action="append",
+        metavar="BATCH_ID",
+        help="sync only this batch (repeatable); it must be configured or listed for an agent",
+    )
+    sync_cmd.add_argument(
+        "--full",
+        action="store_true",
+        help="list every batch, even those that ended with all calls final",
+    )
+    sync_cmd.add_argument("--strict", action="store_true", help="a rejected record fails its batch")
+    sync_cmd.add_argument(
         "--no-migrate",
         action="store_true",
         help="refuse to run on a schema that is behind instead of migrating it",
@@ -82,51 +87,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
     try:
-        if args.command == "sync":
-            return _sync(args)
-        if args.command == "migrate":
-            return _migrate(args)
-        from etl.demo import run_demo  # the demo pulls in the fake API; load it only here
+        with _signals_interrupt():
+            if args.command == "sync":
+                return _sync(args)
+            if args.command == "migrate":
+                return _migrate(args)
+            from etl.demo import run_demo  # the demo pulls in the fake API; load it only here
 
-        return run_demo(args.database_url)
+            return run_demo(args.database_url)
     except ConfigError as exc:
         print(f"ultravox-etl: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except DatabaseError as exc:
         print(f"ultravox-etl: database error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"ultravox-etl: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + int(signum)
 
 
 def _sync(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url)
-    engine = open_engine(config.database_url)
-    try:
-        log.info("database %s", masked(engine.url))
-        if args.no_migrate:
-            _refuse_missing_sqlite_file(engine)
-            require_head(engine)
-        else:
-            upgrade_to_head(engine)
-        run = run_sync(config, engine)
-    finally:
-        engine.dispose()
+    log.info("database %s", masked(config.database_url))
+    run = sync(
+        config,
+        args.batch,
+        full=args.full,
+        strict=True if args.strict else None,
+        migrate=not args.no_migrate,
+    )
     print_summary(run)
-    return exit_code(run)
-
-
-def _refuse_missing_sqlite_file(engine: Engine) -> None:
-    """With --no-migrate, refuse a SQLite file that does not exist before connecting to it.
-
-    Connecting would create the file (the WAL pragma writes its header), so a run refused for
-    its missing schema would still leave a stray database behind.
-    """
-    url = engine.url
-    if engine.dialect.name != "sqlite" or url.query.get("uri"):
-        return
-    if url.database and url.database != ":memory:" and not Path(url.database).exists():
-        raise SchemaBehind(
-            f"{masked(url)} does not exist; run `ultravox-etl migrate` or drop --no-migrate"
-        )
+    return run.exit_code
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -142,11 +134,25 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def print_summary(run: RunResult) -> None:
     for line in summary_lines(run):
-        print(line)
+        print(line, flush=True)
 
 
-def exit_code(run: RunResult) -> int:
-    return EXIT_FAILED if run.error or run.failed else EXIT_OK
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM (Airflow task timeouts, cron wrappers) stops the run like Ctrl-C does."""
+
+    def on_sigterm(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a test harness thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:

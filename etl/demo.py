@@ -9,13 +9,13 @@ import logging
 
 from sqlalchemy import Engine, func, select
 
-from etl.cli import exit_code, print_summary
+from etl.cli import print_summary
 from etl.config import ApiSettings, BatchRef, Config
 from etl.fake_api import FakeUltravox, generate_calls
 from etl.load.database import open_engine, upgrade_to_head
 from etl.load.dialect import masked
 from etl.load.schema import scheduled_calls
-from etl.sync import run_sync
+from etl.pipeline import run_sync
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def run_demo(database_url: str) -> int:
             print_calls_per_status(engine)
         finally:
             engine.dispose()
-    return exit_code(run)
+    return run.exit_code
 
 
 def print_calls_per_status(engine: Engine) -> None:

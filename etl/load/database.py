@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -31,14 +32,20 @@ class SchemaBehind(DatabaseError):
     """The schema is older than this version of the job and migrating was not allowed."""
 
 
-def open_engine(url: str) -> Engine:
-    """An engine for `url` with the per-connection settings the schema relies on."""
+def open_engine(url: str, *, connections: int = 5) -> Engine:
+    """An engine for `url` with the per-connection settings the schema relies on.
+
+    `connections`: how many a run may hold at once (worker threads, lock connections).
+    """
     try:
         parsed = normalize_database_url(url)
     except ArgumentError:
         raise DatabaseError("database URL is not valid (expected e.g. sqlite:///file.db)") from None
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        options = {"pool_size": connections, "max_overflow": connections, "pool_pre_ping": True}
     try:
-        engine = create_engine(parsed)
+        engine = create_engine(parsed, **options)
     except Exception as exc:  # an unknown dialect or a missing driver
         raise DatabaseError(f"cannot use database {masked(parsed)}: {exc}") from None
     configure_engine(engine)
@@ -90,7 +97,16 @@ def upgrade_to_head(engine: Engine) -> None:
 
 
 def require_head(engine: Engine) -> None:
-    """Raise SchemaBehind unless the schema is exactly at this version's head."""
+    """Raise SchemaBehind unless the schema is exactly at this version's head.
+
+    A SQLite file that does not exist is refused before connecting, which would create it.
+    """
+    url = engine.url
+    file = url.database if engine.dialect.name == "sqlite" and not url.query.get("uri") else None
+    if file and file != ":memory:" and not Path(file).exists():
+        raise SchemaBehind(
+            f"{masked(url)} does not exist; run `ultravox-etl migrate` or drop --no-migrate"
+        )
     with reporting_connection_errors(engine):
         current, head = current_revision(engine), head_revision()
     if current != head:

@@ -31,8 +31,12 @@ class Lock(Protocol):
 
 
 class Locks(Protocol):
-    def try_acquire(self, name: str) -> Lock | None:
-        """The lock if it was free, else None; never waits."""
+    def try_acquire(self, name: str, *, disposable: bool = False) -> Lock | None:
+        """The lock if it was free, else None; never waits.
+
+        `disposable`: the name will not be locked again once released (a run's own lock),
+        so any file behind it can go.
+        """
         ...
 
 
@@ -77,7 +81,7 @@ class PostgresLocks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def try_acquire(self, name: str) -> Lock | None:
+    def try_acquire(self, name: str, *, disposable: bool = False) -> Lock | None:
         key = lock_key(name)
         conn = self.engine.connect()
         try:
@@ -93,11 +97,15 @@ class PostgresLocks:
 
 
 class _FileLock:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, path: Path | None) -> None:
         self._fd = fd
+        self._path = path
 
     def release(self) -> None:
         try:
+            if self._path is not None:
+                # Removed while still held: nobody can be waiting on this name's file.
+                self._path.unlink(missing_ok=True)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)
@@ -107,7 +115,9 @@ class FileLocks:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def try_acquire(self, name: str) -> Lock | None:
+    def try_acquire(self, name: str, *, disposable: bool = False) -> Lock | None:
+        # Files of names locked again and again (batches) are kept: removing one could let
+        # two processes lock two different files under the same name.
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"{name.replace(':', '-')}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -119,7 +129,7 @@ class FileLocks:
         except BaseException:
             os.close(fd)
             raise
-        return _FileLock(fd)
+        return _FileLock(fd, path if disposable else None)
 
 
 class _NoLock:
@@ -130,7 +140,7 @@ class _NoLock:
 class ProcessLocalLocks:
     """For a database only this process can see (in-memory SQLite)."""
 
-    def try_acquire(self, name: str) -> Lock | None:
+    def try_acquire(self, name: str, *, disposable: bool = False) -> Lock | None:
         return _NoLock()
 
 
