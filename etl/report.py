@@ -236,6 +236,19 @@ class RunRecorder:
                     error=run.error,
                 )
             )
+            # Batches a stopped run left unfinished (their worker was cut off mid-way).
+            conn.execute(
+                update(etl_batch_runs)
+                .where(
+                    (etl_batch_runs.c.run_id == run.run_id)
+                    & (etl_batch_runs.c.status == RunStatus.RUNNING.value)
+                )
+                .values(
+                    status=BatchStatus.FAILED.value,
+                    error=run.error or "the run ended before this batch finished",
+                    finished_at=run.finished_at,
+                )
+            )
 
 
 _DONE = (BatchStatus.SUCCEEDED, BatchStatus.SKIPPED, BatchStatus.REMOVED)
