@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,8 +167,8 @@ def parse_config(
     sync = SyncSettings(**_typed_values(sync_table, _SYNC_KEYS, source, "[sync]"))
     if sync.lock_wait_seconds < 0:
         raise ConfigError(f"{source}: [sync] lock_wait_seconds: must not be negative")
-    batches = _parse_batches(data.get("batches", []), source)
-    agents = _parse_agents(data.get("agents", []), source)
+    batches = _parse_batches(data, source)
+    agents = _parse_agents(data, source)
 
     api_key = environ.get(API_KEY_ENV, "").strip()
     if require_api_key and not api_key:
@@ -247,42 +247,40 @@ def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
     return settings
 
 
-def _parse_batches(value: Any, source: str) -> tuple[BatchRef, ...]:
+def _array_of_tables(
+    data: Mapping[str, Any], name: str, known: set[str], source: str
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Each `[[name]]` entry with its place for messages, unknown keys refused."""
+    value = data.get(name, [])
     if not isinstance(value, list):
-        raise ConfigError(f"{source}: batches: expected an array of tables ([[batches]])")
-    refs: list[BatchRef] = []
-    seen: set[str] = set()
+        raise ConfigError(f"{source}: {name}: expected an array of tables ([[{name}]])")
     for index, entry in enumerate(value, start=1):
-        where = f"[[batches]] #{index}"
+        where = f"[[{name}]] #{index}"
         if not isinstance(entry, dict):
             raise ConfigError(f"{source}: {where}: expected a table")
-        _reject_unknown(entry, _BATCH_KEYS, source, where)
+        _reject_unknown(entry, known, source, where)
+        yield where, entry
+
+
+def _parse_batches(data: Mapping[str, Any], source: str) -> tuple[BatchRef, ...]:
+    refs: dict[str, BatchRef] = {}
+    for where, entry in _array_of_tables(data, "batches", _BATCH_KEYS, source):
         agent_id = _uuid(entry, "agent_id", source, where)
         batch_id = _uuid(entry, "batch_id", source, where)
-        if batch_id in seen:
+        if batch_id in refs:
             raise ConfigError(f"{source}: {where}: batch_id {batch_id} is listed twice")
-        seen.add(batch_id)
-        statuses = _statuses(entry, source, where)
-        refs.append(BatchRef(agent_id=agent_id, batch_id=batch_id, statuses=statuses))
-    return tuple(refs)
+        refs[batch_id] = BatchRef(agent_id, batch_id, _statuses(entry, source, where))
+    return tuple(refs.values())
 
 
-def _parse_agents(value: Any, source: str) -> tuple[AgentRef, ...]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{source}: agents: expected an array of tables ([[agents]])")
-    refs: list[AgentRef] = []
-    seen: set[str] = set()
-    for index, entry in enumerate(value, start=1):
-        where = f"[[agents]] #{index}"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{source}: {where}: expected a table")
-        _reject_unknown(entry, _AGENT_KEYS, source, where)
+def _parse_agents(data: Mapping[str, Any], source: str) -> tuple[AgentRef, ...]:
+    refs: dict[str, AgentRef] = {}
+    for where, entry in _array_of_tables(data, "agents", _AGENT_KEYS, source):
         agent_id = _uuid(entry, "agent_id", source, where)
-        if agent_id in seen:
+        if agent_id in refs:
             raise ConfigError(f"{source}: {where}: agent_id {agent_id} is listed twice")
-        seen.add(agent_id)
-        refs.append(AgentRef(agent_id=agent_id, statuses=_statuses(entry, source, where)))
-    return tuple(refs)
+        refs[agent_id] = AgentRef(agent_id, _statuses(entry, source, where))
+    return tuple(refs.values())
 
 
 def _statuses(entry: Mapping[str, Any], source: str, where: str) -> tuple[str, ...]:

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from etl.config import (
+    AgentRef,
     ApiSettings,
     BatchRef,
     Config,
     ConfigError,
+    SyncSettings,
     load_config,
 )
 
@@ -446,3 +448,83 @@ def test_api_key_is_not_in_repr(tmp_path: Path) -> None:
     assert config.api_key == API_KEY
     assert API_KEY not in repr(config)
     assert API_KEY not in str(config)
+
+
+# --- agents, status filters, [sync], newer [api] keys ----------------------------------------
+
+
+def test_agents_status_filters_and_sync_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"""
+[api]
+max_requests_per_second = 50
+max_wait_seconds = 60
+concurrency = 8
+
+[sync]
+lock_wait_seconds = 2.5
+strict = true
+
+[[agents]]
+agent_id = "{AGENT_ID.upper()}"
+statuses = ["ERROR", "EXPIRED", "ERROR"]
+
+[[batches]]
+agent_id = "{AGENT_ID}"
+batch_id = "{BATCH_ID}"
+statuses = ["SUCCESS"]
+""",
+    )
+    config = load_config(path, environ=ENV)
+    assert config.api.max_requests_per_second == 50
+    assert config.api.max_wait_seconds == 60
+    assert config.api.concurrency == 8
+    assert config.sync == SyncSettings(lock_wait_seconds=2.5, strict=True)
+    assert config.agents == (AgentRef(AGENT_ID, ("ERROR", "EXPIRED")),)
+    assert config.batches == (BatchRef(AGENT_ID, BATCH_ID, ("SUCCESS",)),)
+
+
+def test_defaults_of_the_newer_settings(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, BATCH_TABLE), environ=ENV)
+    assert config.api.max_requests_per_second == 20
+    assert config.api.concurrency == 4
+    assert config.sync == SyncSettings(lock_wait_seconds=30.0, strict=False)
+    assert config.agents == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f'[[agents]]\nagent_id = "{AGENT_ID}"\nstatuses = ["DONE"]\n',
+            "[[agents]] #1: statuses: 'DONE' is not one of FUTURE, PENDING, SUCCESS, "
+            "EXPIRED, ERROR",
+        ),
+        (
+            f'[[agents]]\nagent_id = "{AGENT_ID}"\n[[agents]]\nagent_id = "{AGENT_ID}"\n',
+            f"[[agents]] #2: agent_id {AGENT_ID} is listed twice",
+        ),
+        ('[[agents]]\nagent_id = "nope"\n', "[[agents]] #1: agent_id 'nope' is not a UUID"),
+        (
+            f'[[agents]]\nagent_id = "{AGENT_ID}"\nstatuses = "ERROR"\n',
+            "[[agents]] #1: statuses: expected an array of strings",
+        ),
+        ("[sync]\nstrict = 1\n", "[sync] strict: expected bool, got 1"),
+        ("[sync]\nlock_wait_seconds = -1\n", "[sync] lock_wait_seconds: must not be negative"),
+        (
+            "[sync]\nwait = 1\n",
+            "[sync] unknown key 'wait' (expected one of: lock_wait_seconds, strict)",
+        ),
+        ("[api]\nconcurrency = 0\n", "[api] concurrency: must be at least 1"),
+        (
+            "[api]\nmax_requests_per_second = 0\n",
+            "[api] max_requests_per_second: must be greater than 0",
+        ),
+    ],
+    ids=["bad-status", "agent-twice", "agent-uuid", "statuses-type", "strict-type",
+         "lock-wait", "sync-key", "concurrency", "rate"],
+)  # fmt: skip
+def test_errors_in_the_newer_settings(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    assert config_error(path) == f"{path}: {expected}"
