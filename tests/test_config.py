@@ -528,3 +528,11 @@ def test_defaults_of_the_newer_settings(tmp_path: Path) -> None:
 def test_errors_in_the_newer_settings(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
     assert config_error(path) == f"{path}: {expected}"
+
+
+def test_the_example_config_in_the_repository_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    config = load_config(example, environ=ENV)
+    assert config.api.base_url == "https://api.ultravox.ai"
+    assert len(config.batches) == 2 and config.batches[1].statuses == ("ERROR",)
+    assert len(config.agents) == 1
