@@ -31,7 +31,17 @@ from etl.extract.client import ApiError, ApiKeyRefused, NotFound, UltravoxClient
 from etl.extract.pagination import Page
 from etl.extract.streams import agent_batch_pages, batch_details, scheduled_call_pages
 from etl.load import batches as batch_store
-from etl.load.database import open_engine, require_head, upgrade_to_head
+from etl.load.call_keys import StoredCallKeys
+from etl.load.database import (
+    DatabaseError,
+    current_revision,
+    head_revision,
+    open_engine,
+    reporting_connection_errors,
+    require_head,
+    upgrade_to_head,
+)
+from etl.load.dialect import masked
 from etl.load.loader import BatchLoader
 from etl.load.locks import Locks, acquire, locks_for
 from etl.normalize import KNOWN_STATUSES, CallKeys, normalize_page
@@ -51,6 +61,7 @@ Progress = Callable[[BatchRef, BatchCounts], None]
 """Called after every loaded page with the batch's running counts (from worker threads)."""
 
 INTERRUPT_GRACE_SECONDS = 5.0
+SCHEMA_LOCK_WAIT_SECONDS = 300.0
 PREFETCH_PAGES = 2
 
 
@@ -91,7 +102,7 @@ def sync(
     engine = open_engine(config.database_url, connections=2 * config.api.concurrency + 2)
     try:
         if migrate:
-            upgrade_to_head(engine)
+            upgrade_schema(engine)
         else:
             require_head(engine)
         return run_sync(
@@ -99,6 +110,27 @@ def sync(
         )
     finally:
         engine.dispose()
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring the schema to head, one process at a time (the lock "schema").
+
+    Runs started together on a new database would each create the tables, and all but one
+    fail ("relation already exists"); the others now wait, then find the schema at head.
+    """
+    with reporting_connection_errors(engine):
+        if current_revision(engine) == head_revision():
+            return
+        lock = acquire(locks_for(engine), "schema", SCHEMA_LOCK_WAIT_SECONDS)
+    if lock is None:
+        raise DatabaseError(
+            f"{masked(engine.url)}: another process has been migrating the schema for "
+            f"{SCHEMA_LOCK_WAIT_SECONDS:g}s"
+        )
+    try:
+        upgrade_to_head(engine)
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,14 +250,18 @@ def _resolve_targets(run: _Run, wanted: set[str] | None) -> list[_Target]:
     targets: dict[str, _Target] = {b.batch_id: _Target(b) for b in run.config.batches}
     for agent in run.config.agents:
         listed: set[str] = set()
+        entries, unreadable, total = 0, 0, None
         try:
             for page in agent_batch_pages(
                 run.client, agent.agent_id, page_size=run.config.api.page_size
             ):
+                entries += len(page.results)
+                total = page.total if page.total is not None else total
                 for item in page.results:
                     batch_id = batch_id_of(item) if isinstance(item, dict) else None
                     if batch_id is None:
                         log.warning("agent %s: a listed batch has no batchId", agent.agent_id)
+                        unreadable += 1
                         continue
                     listed.add(batch_id)
                     if batch_id not in targets:
@@ -237,6 +273,20 @@ def _resolve_targets(run: _Run, wanted: set[str] | None) -> list[_Target]:
             message = f"agent {agent.agent_id}: listing its batches failed: {exc}"
             log.error("%s", message, extra=run.log_extra(event="agent_failed"))
             run.result.error = message if run.result.error is None else run.result.error
+            continue
+        # Like a call listing: only a complete, readable list shows which batches are gone.
+        if unreadable or (total is not None and total != entries):
+            why = (
+                f"{unreadable} listed batches have no batchId"
+                if unreadable
+                else f"listed {entries} batches but the API's total is {total}"
+            )
+            log.warning(
+                "agent %s: %s; no batch is marked removed this run",
+                agent.agent_id,
+                why,
+                extra=run.log_extra(),
+            )
             continue
         gone = batch_store.active_batches_of_agent(run.engine, agent.agent_id) - listed
         for batch_id in batch_store.mark_removed(run.engine, gone, run.clock()):
@@ -396,13 +446,15 @@ def _sync_batch(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult:
 def _load_listings(run: _Run, batch: BatchRef, counts: BatchCounts) -> None:
     """List the batch (once, or once per filtered status) and load every page."""
     loader = BatchLoader(run.engine, batch, run.result.run_id, run.clock)
-    keys = CallKeys()  # shared by the status listings, so no two calls share a key
+    # Shared by the status listings of the batch, so no two calls share a key.
+    keys = StoredCallKeys(run.engine, batch) if batch.statuses else CallKeys()
     warned: set[str] = set()
     filtered = bool(batch.statuses)
     complete = True
     for status in batch.statuses or (None,):
         listed = 0
         total: int | None = None
+        totals: set[int] = set()  # the total of every page: they differ if calls vanished
         pages = scheduled_call_pages(
             run.client, batch, page_size=run.config.api.page_size, status=status
         )
@@ -420,11 +472,13 @@ def _load_listings(run: _Run, batch: BatchRef, counts: BatchCounts) -> None:
             counts.rejected += loaded.rejected
             listed += len(page.results)
             total = page.total if page.total is not None else total
+            if page.total is not None:
+                totals.add(page.total)
             if run.progress is not None:
                 run.progress(batch, counts)
         if total is not None:
             counts.api_total = total + (counts.api_total or 0) if filtered else total
-        complete = complete and _listing_consistent(run, batch, listed, total)
+        complete = complete and _listing_consistent(run, batch, listed, total, totals)
     if filtered:
         complete = False  # a filtered listing does not show absent calls
     if complete and counts.rejected:
@@ -438,7 +492,20 @@ def _load_listings(run: _Run, batch: BatchRef, counts: BatchCounts) -> None:
     counts.removed = loader.finish(complete=complete)
 
 
-def _listing_consistent(run: _Run, batch: BatchRef, listed: int, total: int | None) -> bool:
+def _listing_consistent(
+    run: _Run, batch: BatchRef, listed: int, total: int | None, totals: set[int]
+) -> bool:
+    if len(totals) > 1:
+        # The batch changed while it was being paged through: pages may have shifted, so a
+        # call still there can be missing from the listing even when the counts agree.
+        log.warning(
+            "batch %s: the API's total changed while listing (pages said %s); "
+            "no call is marked removed this run",
+            batch.batch_id,
+            ", ".join(str(t) for t in sorted(totals)),
+            extra=run.log_extra(batch),
+        )
+        return False
     if total is None or total == listed:
         return True
     log.warning(

@@ -70,7 +70,11 @@ def active_batches_of_agent(engine: Engine, agent_id: str) -> set[str]:
 
 
 def stored_calls_all_final(engine: Engine, batch_id: str, total_count: int) -> bool:
-    """Whether the stored, not removed calls number `total_count` and are all final."""
+    """Whether the stored, not removed calls number `total_count` and are all final.
+
+    A batch with no stored call counts only once a complete listing of it was stored: an
+    ended, empty batch seen for the first time is listed once (which sets last_synced_at).
+    """
     c = scheduled_calls.c
     with engine.connect() as conn:
         active = conn.execute(
@@ -85,4 +89,10 @@ def stored_calls_all_final(engine: Engine, batch_id: str, total_count: int) -> b
                 )
             )
         ).scalar_one()
+        if active == 0:
+            listed = conn.execute(
+                select(b.last_synced_at).where(b.batch_id == batch_id)
+            ).scalar_one_or_none()
+            if listed is None:
+                return False
     return bool(active == total_count and not_final == 0)
