@@ -1,8 +1,11 @@
-"""Command line: `ultravox-etl sync | migrate | demo`. Wiring only; the work is elsewhere.
+"""Command line: `ultravox-etl sync | migrate | runs | demo`. Wiring only; the work is elsewhere.
 
 Exit codes: 0 every batch synced; 1 a batch or the run failed (the other batches still
 committed); 2 a usage or configuration error, before anything was written; 75 every batch
 was being synced by another run (try later); 128+N stopped by signal N (SIGTERM: 143).
+
+Logging (etl.logs), progress (etl.progress), run history (etl.runs) and the metrics file
+(etl.metrics) live in their own modules.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
-from etl import __version__
+from etl import __version__, logs, metrics, progress, runs
 from etl.config import ConfigError, load_config
-from etl.load.database import DatabaseError, open_engine, upgrade_to_head
+from etl.load.database import DatabaseError, open_engine
 from etl.load.dialect import masked
-from etl.pipeline import Interrupted, sync
+from etl.pipeline import Interrupted, sync, upgrade_schema
 from etl.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, summary_lines
 
 log = logging.getLogger("etl")
@@ -38,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("-v", "--verbose", action="store_true", help="log every page")
     group.add_argument(
         "-q", "--quiet", action="store_true", help="log only errors (the summary still prints)"
+    )
+    verbosity.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, for log shippers",
     )
 
     database = argparse.ArgumentParser(add_help=False)
@@ -68,9 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to run on a schema that is behind instead of migrating it",
     )
+    sync_cmd.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        type=Path,
+        help="write Prometheus metrics of the run to PATH (atomically), "
+        "e.g. for node_exporter's textfile collector",
+    )
     commands.add_parser(
         "migrate", parents=[database, verbosity], help="bring the database schema to head"
     )
+    runs_cmd = commands.add_parser(
+        "runs",
+        parents=[database, verbosity],
+        help="show the latest runs and what each did to each batch",
+    )
+    runs_cmd.add_argument(
+        "--limit", type=_positive_int, default=10, metavar="N", help="runs to show (default 10)"
+    )
+    runs_cmd.add_argument("--json", action="store_true", help="print a JSON array instead")
     demo = commands.add_parser(
         "demo", parents=[verbosity], help="sync from a built-in fake Ultravox API into SQLite"
     )
@@ -83,15 +111,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose, args.quiet)
+    logs.use_format(args.log_format)
     try:
         with _signals_interrupt():
             if args.command == "sync":
                 return _sync(args)
             if args.command == "migrate":
                 return _migrate(args)
+            if args.command == "runs":
+                return _runs(args)
             from etl.demo import run_demo  # the demo pulls in the fake API; load it only here
 
             return run_demo(args.database_url)
@@ -102,30 +143,96 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ultravox-etl: database error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (Interrupted, KeyboardInterrupt) as exc:
-        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        signum = _signal_of(exc)
         print(f"ultravox-etl: stopped by {signal.Signals(signum).name}", file=sys.stderr)
         return 128 + int(signum)
 
 
+def _signal_of(exc: Interrupted | KeyboardInterrupt) -> int:
+    return exc.signum if isinstance(exc, Interrupted) else int(signal.SIGINT)
+
+
 def _sync(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url)
+    metrics_file: Path | None = args.metrics_file
+    if metrics_file is not None and not metrics_file.parent.is_dir():
+        raise ConfigError(f"--metrics-file {metrics_file}: {metrics_file.parent} is not a folder")
     log.info("database %s", masked(config.database_url))
-    run = sync(
-        config,
-        args.batch,
-        full=args.full,
-        strict=True if args.strict else None,
-        migrate=not args.no_migrate,
+    reporter = progress.reporter_for(
+        sys.stderr,
+        quiet=args.quiet,
+        log_format=args.log_format,
+        handler=logs.console_handler(),
+        max_lines=config.api.concurrency,
     )
+    started = time.monotonic()
+    try:
+        run = sync(
+            config,
+            args.batch,
+            full=args.full,
+            strict=True if args.strict else None,
+            migrate=not args.no_migrate,
+            progress=reporter,
+        )
+    except (DatabaseError, Interrupted, KeyboardInterrupt) as exc:
+        if metrics_file is not None:  # the run ended without a result: say so all the same
+            code = EXIT_FAILED if isinstance(exc, DatabaseError) else 128 + _signal_of(exc)
+            _write_metrics(
+                lambda: metrics.write_failure_metrics(
+                    metrics_file,
+                    finished_at=datetime.now(UTC),
+                    duration_seconds=time.monotonic() - started,
+                    exit_code=code,
+                )
+            )
+        raise
+    finally:
+        if reporter is not None:
+            reporter.close()
     print_summary(run)
-    return run.exit_code
+    logs.log_run_finished(run)
+    code = run.exit_code
+    if metrics_file is not None:
+        written = _write_metrics(
+            lambda: metrics.write_run_metrics(
+                metrics_file,
+                run,
+                database_url=config.database_url,
+                duration_seconds=time.monotonic() - started,
+            )
+        )
+        if not written and code == EXIT_OK:
+            code = EXIT_FAILED
+    return code
+
+
+def _write_metrics(write: Callable[[], object]) -> bool:
+    """Write the metrics file; an error is reported, and the caller decides the exit code."""
+    try:
+        write()
+    except OSError as exc:
+        log.error("cannot write the metrics file: %s", exc, extra={"event": "metrics_failed"})
+        return False
+    return True
+
+
+def _runs(args: argparse.Namespace) -> int:
+    config = load_config(args.config, database_url=args.database_url, require_api_key=False)
+    history = runs.read_history(config.database_url, args.limit)
+    if args.json:
+        print(runs.runs_as_json(history))
+    else:
+        for line in runs.format_runs(history):
+            print(line)
+    return EXIT_OK
 
 
 def _migrate(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url, require_api_key=False)
     engine = open_engine(config.database_url)
     try:
-        upgrade_to_head(engine)
+        upgrade_schema(engine)
     finally:
         engine.dispose()
     print(f"schema of {masked(engine.url)} is at head")
@@ -156,12 +263,5 @@ def _signals_interrupt() -> Iterator[None]:
 
 
 def _configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
     # Our own loggers speak at the chosen level; libraries only when something is wrong.
-    logging.getLogger("etl").setLevel(level)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure(verbose=verbose, quiet=quiet)

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.config import BatchRef, Config, ConfigError
+from etl.config import AgentRef, BatchRef, Config, ConfigError
 from etl.extract.client import ApiError, ApiKeyRefused, NotFound, UltravoxClient
 from etl.extract.pagination import Page
 from etl.extract.streams import agent_batch_pages, batch_details, scheduled_call_pages
@@ -133,10 +133,14 @@ def upgrade_schema(engine: Engine) -> None:
         lock.release()
 
 
+BatchDetails = dict[str, Any]
+"""A ScheduledCallBatch object as the API returns it."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     batch: BatchRef
-    details: dict[str, Any] | None = None
+    details: BatchDetails | None = None
     """The batch object from its agent's list, which saves a request."""
 
 
@@ -177,8 +181,7 @@ def run_sync(
     wanted = _wanted_batch_ids(config, batch_ids)
     recorder = RunRecorder(engine, clock)
     locks = locks_for(engine)
-    result = recorder.start_run()
-    run_lock = locks.try_acquire(f"run:{result.run_id}", disposable=True)
+    result, run_lock = recorder.start_run(locks)
     stopped = False
     try:
         with UltravoxClient(config.api, config.api_key) as client:
@@ -245,28 +248,59 @@ def _interruption(exc: BaseException) -> str:
 # -- which batches -----------------------------------------------------------------------------
 
 
+def discover_agent_batches(
+    client: UltravoxClient,
+    engine: Engine,
+    agent: AgentRef,
+    *,
+    page_size: int,
+    now: datetime,
+) -> dict[str, BatchDetails]:
+    """Every batch the agent lists, by id, with the batch object the list gave for it.
+
+    Known batches of the agent missing from a complete, readable list are marked removed
+    (like calls: an incomplete list marks nothing). Raises ApiError if the list fails.
+    """
+    listed: dict[str, BatchDetails] = {}
+    entries, unreadable, total = 0, 0, None
+    for page in agent_batch_pages(client, agent.agent_id, page_size=page_size):
+        entries += len(page.results)
+        total = page.total if page.total is not None else total
+        for item in page.results:
+            batch_id = batch_id_of(item) if isinstance(item, dict) else None
+            if batch_id is None:
+                log.warning("agent %s: a listed batch has no batchId", agent.agent_id)
+                unreadable += 1
+            else:
+                listed.setdefault(batch_id, item)
+    if unreadable or (total is not None and total != entries):
+        why = (
+            f"{unreadable} listed batches have no batchId"
+            if unreadable
+            else f"listed {entries} batches but the API's total is {total}"
+        )
+        log.warning("agent %s: %s; no batch is marked removed this run", agent.agent_id, why)
+        return listed
+    gone = batch_store.active_batches_of_agent(engine, agent.agent_id) - set(listed)
+    for batch_id in batch_store.mark_removed(engine, gone, now):
+        log.warning(
+            "batch %s is gone from agent %s's list; marked removed", batch_id, agent.agent_id
+        )
+    return listed
+
+
 def _resolve_targets(run: _Run, wanted: set[str] | None) -> list[_Target]:
     """[[batches]] first, then every batch listed for each of [[agents]], each batch once."""
     targets: dict[str, _Target] = {b.batch_id: _Target(b) for b in run.config.batches}
     for agent in run.config.agents:
-        listed: set[str] = set()
-        entries, unreadable, total = 0, 0, None
         try:
-            for page in agent_batch_pages(
-                run.client, agent.agent_id, page_size=run.config.api.page_size
-            ):
-                entries += len(page.results)
-                total = page.total if page.total is not None else total
-                for item in page.results:
-                    batch_id = batch_id_of(item) if isinstance(item, dict) else None
-                    if batch_id is None:
-                        log.warning("agent %s: a listed batch has no batchId", agent.agent_id)
-                        unreadable += 1
-                        continue
-                    listed.add(batch_id)
-                    if batch_id not in targets:
-                        ref = BatchRef(agent.agent_id, batch_id, agent.statuses)
-                        targets[batch_id] = _Target(ref, item)
+            listed = discover_agent_batches(
+                run.client,
+                run.engine,
+                agent,
+                page_size=run.config.api.page_size,
+                now=run.clock(),
+            )
         except ApiKeyRefused:
             raise
         except ApiError as exc:
@@ -274,25 +308,10 @@ def _resolve_targets(run: _Run, wanted: set[str] | None) -> list[_Target]:
             log.error("%s", message, extra=run.log_extra(event="agent_failed"))
             run.result.error = message if run.result.error is None else run.result.error
             continue
-        # Like a call listing: only a complete, readable list shows which batches are gone.
-        if unreadable or (total is not None and total != entries):
-            why = (
-                f"{unreadable} listed batches have no batchId"
-                if unreadable
-                else f"listed {entries} batches but the API's total is {total}"
-            )
-            log.warning(
-                "agent %s: %s; no batch is marked removed this run",
-                agent.agent_id,
-                why,
-                extra=run.log_extra(),
-            )
-            continue
-        gone = batch_store.active_batches_of_agent(run.engine, agent.agent_id) - listed
-        for batch_id in batch_store.mark_removed(run.engine, gone, run.clock()):
-            log.warning(
-                "batch %s is gone from agent %s's list; marked removed", batch_id, agent.agent_id
-            )
+        for batch_id, item in listed.items():
+            if batch_id not in targets:
+                ref = BatchRef(agent.agent_id, batch_id, agent.statuses)
+                targets[batch_id] = _Target(ref, item)
     chosen = [t for t in targets.values() if wanted is None or t.batch.batch_id in wanted]
     if wanted is not None:
         for missing in sorted(wanted - {t.batch.batch_id for t in chosen}):
@@ -372,6 +391,11 @@ def _sync_target(run: _Run, target: _Target) -> None:
         result = _failed(run, batch, counts, str(exc))
     except SQLAlchemyError as exc:
         result = _failed(run, batch, counts, f"database error: {_short_db_error(exc)}")
+    except Exception as exc:
+        # A bug, or input nothing above foresaw: this batch fails alone, recorded as such,
+        # instead of the worker thread dying and the run reporting success without it.
+        error = f"crashed: {type(exc).__name__}: {exc}"
+        result = _failed(run, batch, counts, error, exc_info=True)
     run.recorder.finish_batch(run.result, result)
 
 
@@ -381,7 +405,12 @@ def _sync_locked(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult
     lock = acquire(run.locks, f"batch:{batch.batch_id}", wait, sleep=_stoppable_sleep(run))
     if lock is None:
         note = f"another run is syncing it; waited {wait:g}s, try later"
-        log.warning("batch %s skipped: %s", batch.batch_id, note, extra=run.log_extra(batch))
+        log.warning(
+            "batch %s skipped: %s",
+            batch.batch_id,
+            note,
+            extra=run.log_extra(batch, event="batch_locked", counts=_counts_dict(counts)),
+        )
         return BatchResult(batch, BatchStatus.LOCKED, counts, note=note)
     try:
         return _sync_batch(run, target, counts)
@@ -406,7 +435,12 @@ def _sync_batch(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult:
         if batch_store.is_known(run.engine, batch.batch_id):
             batch_store.mark_removed(run.engine, [batch.batch_id], now)
             note = "the API no longer has this batch; its calls are kept"
-            log.warning("batch %s: %s", batch.batch_id, note, extra=run.log_extra(batch))
+            log.warning(
+                "batch %s: %s",
+                batch.batch_id,
+                note,
+                extra=run.log_extra(batch, event="batch_removed", counts=_counts_dict(counts)),
+            )
             return BatchResult(batch, BatchStatus.REMOVED, counts, note=note)
         raise NotFound(
             f"batch not found (HTTP 404): agent {batch.agent_id} has no batch "
@@ -423,7 +457,12 @@ def _sync_batch(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult:
         and batch_store.stored_calls_all_final(run.engine, batch.batch_id, total)
     ):
         note = f"ended; all {total} stored calls are final (sync --full lists it anyway)"
-        log.info("batch %s skipped: %s", batch.batch_id, note, extra=run.log_extra(batch))
+        log.info(
+            "batch %s skipped: %s",
+            batch.batch_id,
+            note,
+            extra=run.log_extra(batch, event="batch_skipped", counts=_counts_dict(counts)),
+        )
         return BatchResult(batch, BatchStatus.SKIPPED, counts, note=note)
 
     _load_listings(run, batch, counts)
@@ -454,6 +493,7 @@ def _load_listings(run: _Run, batch: BatchRef, counts: BatchCounts) -> None:
     for status in batch.statuses or (None,):
         listed = 0
         total: int | None = None
+        earlier_total = counts.api_total or 0  # filtered: the totals of the other statuses
         totals: set[int] = set()  # the total of every page: they differ if calls vanished
         pages = scheduled_call_pages(
             run.client, batch, page_size=run.config.api.page_size, status=status
@@ -474,10 +514,9 @@ def _load_listings(run: _Run, batch: BatchRef, counts: BatchCounts) -> None:
             total = page.total if page.total is not None else total
             if page.total is not None:
                 totals.add(page.total)
+                counts.api_total = earlier_total + page.total if filtered else page.total
             if run.progress is not None:
                 run.progress(batch, counts)
-        if total is not None:
-            counts.api_total = total + (counts.api_total or 0) if filtered else total
         complete = complete and _listing_consistent(run, batch, listed, total, totals)
     if filtered:
         complete = False  # a filtered listing does not show absent calls
@@ -599,8 +638,16 @@ def _counts_dict(counts: BatchCounts) -> dict[str, int | None]:
     }
 
 
-def _failed(run: _Run, batch: BatchRef, counts: BatchCounts, error: str) -> BatchResult:
-    log.error("batch %s failed: %s", batch.batch_id, error, extra=run.log_extra(batch))
+def _failed(
+    run: _Run, batch: BatchRef, counts: BatchCounts, error: str, *, exc_info: bool = False
+) -> BatchResult:
+    log.error(
+        "batch %s failed: %s",
+        batch.batch_id,
+        error,
+        exc_info=exc_info,
+        extra=run.log_extra(batch, event="batch_failed", counts=_counts_dict(counts)),
+    )
     return BatchResult(batch=batch, status=BatchStatus.FAILED, counts=counts, error=error)
 
 

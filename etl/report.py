@@ -12,7 +12,7 @@ from enum import StrEnum
 from sqlalchemy import Engine, insert, select, update
 
 from etl.config import BatchRef
-from etl.load.locks import Locks
+from etl.load.locks import Lock, Locks
 from etl.load.schema import etl_batch_runs, etl_runs
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,12 @@ class RunRecorder:
         self.clock = clock
         self._results_lock = threading.Lock()  # batches finish on worker threads
 
-    def start_run(self) -> RunResult:
+    def start_run(self, locks: Locks) -> tuple[RunResult, Lock | None]:
+        """Record a new running run, and take its lock "run:<id>" for as long as it lives.
+
+        The lock is taken before the record commits, so no other run can ever see the
+        record `running` with its lock free and take it for abandoned.
+        """
         started = self.clock()
         with self.engine.begin() as conn:
             run_id = conn.execute(
@@ -114,7 +119,8 @@ class RunRecorder:
                 .values(started_at=started, status=RunStatus.RUNNING.value)
                 .returning(etl_runs.c.run_id)
             ).scalar_one()
-        return RunResult(run_id=run_id, started_at=started)
+            lock = locks.try_acquire(f"run:{run_id}", disposable=True)
+        return RunResult(run_id=run_id, started_at=started), lock
 
     def mark_abandoned(self, current: RunResult, locks: Locks) -> list[int]:
         """Close the records of earlier runs left `running` by a process that died.

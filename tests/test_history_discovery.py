@@ -325,7 +325,7 @@ def test_history_rows_commit_with_their_page_and_a_failed_page_writes_none(
     failed = run_cli("sync", "--config", str(config))
 
     assert failed.exit_code == 1
-    assert "failed: pages=1 fetched=3/? inserted=0 updated=3 unchanged=0 removed=0" in summary_line(
+    assert "failed: pages=1 fetched=3/6 inserted=0 updated=3 unchanged=0 removed=0" in summary_line(
         failed, batch
     )
     _, r2 = run_ids(engine)

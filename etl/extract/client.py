@@ -17,6 +17,7 @@ from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 import tenacity
 from tenacity.wait import wait_base
@@ -109,6 +110,30 @@ class stop_after_waiting(tenacity.stop.stop_base):  # noqa: N801 - tenacity's na
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         return retry_state.idle_for + (retry_state.upcoming_sleep or 0.0) > self.max_wait
+
+
+# orjson reads an integer literal beyond 64 bits as a float (silently rounded); the json
+# module keeps it exact. Any run of 19 digits (in a number or not) sends the body to the json
+# module: 19 digits is the shortest integer beyond the signed 64-bit range. Found by mapping
+# every digit to "0" and searching for 19 of them: ~15 times faster than re's \d{19,}, which
+# took twice as long as orjson's parse of the same page.
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * 19
+
+
+def parse_json(content: bytes) -> Any:
+    """Decode a JSON body: orjson (several times faster), else the json module.
+
+    The json module reads what orjson turns into floats (integers beyond 64 bits) or
+    refuses (NaN and Infinity, lone surrogate escapes), exactly as before orjson was used.
+    Raises ValueError for a body that is not JSON.
+    """
+    if _LONG_DIGIT_RUN not in content.translate(_DIGITS_TO_ZERO):
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass  # the json module decides: it accepts a little more, or raises ValueError
+    return json.loads(content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +231,7 @@ class UltravoxClient:
         if status == 200:
             content = response.content
             try:
-                return ApiResponse(json.loads(content), b"\\u0000" in content)
+                return ApiResponse(parse_json(content), b"\\u0000" in content)
             except ValueError:
                 raise TransientError(f"GET {path}: the 200 response is not valid JSON") from None
         if status == 429 or status >= 500:

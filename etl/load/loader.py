@@ -1,8 +1,17 @@
 """Loading one batch's scheduled calls: set-based upserts, one transaction per page.
 
 Per page, the stored hashes of the page's call keys are read in one query; then only new and
-changed calls are written, each table with one multi-row statement. An unchanged call costs
-that comparison and nothing else: no UPDATE, no delete-and-reinsert of its child rows.
+changed calls are written, each table with one set-based statement (on PostgreSQL: COPY, and
+for scheduled_calls COPY into a staging table and one INSERT … ON CONFLICT; on SQLite:
+executemany). An unchanged call costs that comparison and nothing else: no UPDATE, no
+delete-and-reinsert of its child rows.
+
+- A call whose row differs (call_hash) or that was marked removed is upserted; `updated_at`
+  moves only when the call's own columns changed (call_hash), not when only its child rows
+  (detail_hash) were rewritten or it came back after a removal.
+- A call whose child rows differ (detail_hash) gets them replaced in the same transaction.
+- A history row (scheduled_call_status_changes) records the first sighting and every change
+  of status, callId or error.
 
 Calls are marked removed only by :meth:`BatchLoader.finish` after a complete listing, so a
 listing that broke off (or a run that was killed) never marks anything removed.
@@ -10,15 +19,16 @@ listing that broke off (or a run that was killed) never marks anything removed.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, insert, select, update
+from sqlalchemy import Connection, Engine, insert, update
 
 from etl.config import BatchRef
-from etl.load.dialect import upsert
+from etl.load.dialect import bulk, json_text, upsert
 from etl.load.schema import (
     rejected_records,
     scheduled_batches,
@@ -28,12 +38,14 @@ from etl.load.schema import (
     scheduled_call_status_changes,
     scheduled_calls,
 )
-from etl.normalize import NormalizedCall, RejectedRecord
+from etl.normalize import MEDIA_COLUMNS, NormalizedCall, RejectedRecord
 
 Clock = Callable[[], datetime]
 
-# Columns an upsert may overwrite on an existing call; first_seen_at is never among them.
-_CALL_UPDATE_COLUMNS = (
+_CALL_COLUMNS = (
+    "batch_id",
+    "agent_id",
+    "call_key",
     "call_id",
     "status",
     "error",
@@ -44,11 +56,55 @@ _CALL_UPDATE_COLUMNS = (
     "nul_escaped_record",
     "call_hash",
     "detail_hash",
+    "first_seen_at",
     "updated_at",
     "removed_at",
 )
-_KEY_CHUNK = 1000
-"""Call keys per lookup query: well under SQLite's and PostgreSQL's parameter limits."""
+# What an upsert writes over an existing call; first_seen_at is never among them, and
+# updated_at moves only when the call's own columns (call_hash) changed.
+_CALL_SET = {
+    **{
+        column: f'excluded."{column}"'
+        for column in (
+            "call_id",
+            "status",
+            "error",
+            "medium_type",
+            "metadata",
+            "template_context",
+            "experimental_settings",
+            "nul_escaped_record",
+            "call_hash",
+            "detail_hash",
+            "removed_at",
+        )
+    },
+    "updated_at": (
+        "CASE WHEN scheduled_calls.call_hash = excluded.call_hash "
+        "THEN scheduled_calls.updated_at ELSE excluded.updated_at END"
+    ),
+}
+_STORED_COLUMNS = (
+    "call_key",
+    "id",
+    "status",
+    "call_id",
+    "error",
+    "call_hash",
+    "detail_hash",
+    "removed_at",
+)
+_JSON_MEDIA_COLUMNS = frozenset({"dtmf_handling", "additional_params", "extra"})
+_MEDIA_JSON = tuple(column in _JSON_MEDIA_COLUMNS for column in MEDIA_COLUMNS)
+_HISTORY_COLUMNS = (
+    "scheduled_call_id",
+    "run_id",
+    "from_status",
+    "to_status",
+    "call_id",
+    "error",
+    "observed_at",
+)
 
 
 @dataclass(slots=True)
@@ -59,15 +115,9 @@ class PageCounts:
     rejected: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class _Stored:
-    id: int
-    status: str
-    call_id: str | None
-    error: str | None
-    call_hash: str
-    detail_hash: str
-    removed: bool
+# A stored call as _STORED_COLUMNS reads it: key, id, status, call_id, error, call_hash,
+# detail_hash, removed_at.
+_Stored = tuple[str, int, str, str | None, str | None, str, str, Any]
 
 
 class BatchLoader:
@@ -78,7 +128,8 @@ class BatchLoader:
         self.batch = batch
         self.run_id = run_id
         self.clock = clock
-        self._seen_ids: set[int] = set()
+        # Ids of the calls this listing holds, 8 bytes each: finish() marks the others removed.
+        self._seen_ids = array("q")
 
     def load_page(
         self,
@@ -91,28 +142,36 @@ class BatchLoader:
         now = self.clock()
         with self.engine.begin() as conn:
             self._ensure_batch_row(conn, now)
-            stored = self._stored(conn, [c.call_key for c in calls])
+            db = bulk(conn)
+            stored: dict[str, _Stored] = {
+                row[0]: row
+                for row in db.select_by_keys(
+                    scheduled_calls,
+                    _STORED_COLUMNS,
+                    {"batch_id": self.batch.batch_id},
+                    "call_key",
+                    [c.call_key for c in calls],
+                )
+            }
             to_write: list[NormalizedCall] = []
+            seen = self._seen_ids
             for call in calls:
                 old = stored.get(call.call_key)
                 if old is None:
                     counts.inserted += 1
                     to_write.append(call)
-                elif old.removed or old.call_hash != call.call_hash:
-                    counts.updated += 1
-                    to_write.append(call)
-                elif old.detail_hash != call.detail_hash:
-                    # Only the child rows differ (a newer version of this job maps more).
+                elif old[5] != call.call_hash or old[6] != call.detail_hash or old[7] is not None:
                     counts.updated += 1
                     to_write.append(call)
                 else:
                     counts.unchanged += 1
-                    self._seen_ids.add(old.id)
+                    seen.append(old[1])
             if to_write:
-                ids = self._upsert_calls(conn, to_write, now)
-                self._seen_ids.update(ids.values())
-                self._replace_details(conn, to_write, stored, ids)
-                self._record_changes(conn, to_write, stored, ids, now)
+                ts = db.timestamp(now)
+                ids = self._upsert_calls(db, to_write, ts)
+                seen.extend(ids.values())
+                self._replace_details(db, to_write, stored, ids)
+                self._record_changes(db, to_write, stored, ids, ts)
             if rejects:
                 self._record_rejects(conn, page_number, rejects, now)
         return counts
@@ -127,7 +186,15 @@ class BatchLoader:
         with self.engine.begin() as conn:
             self._ensure_batch_row(conn, now)
             if complete:
-                removed = self._mark_removed(conn, now)
+                db = bulk(conn)
+                removed = db.update_absent(
+                    scheduled_calls,
+                    {"removed_at": db.timestamp(now)},
+                    {"batch_id": self.batch.batch_id},
+                    null_column="removed_at",
+                    id_column="id",
+                    present=self._seen_ids,
+                )
                 conn.execute(
                     update(scheduled_batches)
                     .where(scheduled_batches.c.batch_id == self.batch.batch_id)
@@ -146,127 +213,120 @@ class BatchLoader:
             },
         )
 
-    def _stored(self, conn: Connection, keys: Sequence[str]) -> dict[str, _Stored]:
-        c = scheduled_calls.c
-        found: dict[str, _Stored] = {}
-        for start in range(0, len(keys), _KEY_CHUNK):
-            rows = conn.execute(
-                select(
-                    c.call_key, c.id, c.status, c.call_id, c.error,
-                    c.call_hash, c.detail_hash, c.removed_at,
-                ).where(
-                    and_(
-                        c.batch_id == self.batch.batch_id,
-                        c.call_key.in_(keys[start : start + _KEY_CHUNK]),
-                    )
-                )
-            )  # fmt: skip
-            for row in rows:
-                found[row.call_key] = _Stored(
-                    id=row.id,
-                    status=row.status,
-                    call_id=row.call_id,
-                    error=row.error,
-                    call_hash=row.call_hash,
-                    detail_hash=row.detail_hash,
-                    removed=row.removed_at is not None,
-                )
-        return found
-
-    def _upsert_calls(
-        self, conn: Connection, calls: Sequence[NormalizedCall], now: datetime
-    ) -> dict[str, int]:
+    def _upsert_calls(self, db: Any, calls: Sequence[NormalizedCall], ts: Any) -> dict[str, int]:
         """Insert or update the calls; return their ids by call key."""
-        rows = [
-            {
-                **call.call,
-                "call_hash": call.call_hash,
-                "detail_hash": call.detail_hash,
-                "first_seen_at": now,
-                "updated_at": now,
-                "removed_at": None,
-            }
-            for call in calls
-        ]
-        stmt = upsert(
+        rows = []
+        for call in calls:
+            c = call.call
+            rows.append(
+                (
+                    c["batch_id"],
+                    c["agent_id"],
+                    c["call_key"],
+                    c["call_id"],
+                    c["status"],
+                    c["error"],
+                    c["medium_type"],
+                    json_text(c["metadata"]),
+                    json_text(c["template_context"]),
+                    json_text(c["experimental_settings"]),
+                    c["nul_escaped_record"],
+                    call.call_hash,
+                    call.detail_hash,
+                    ts,
+                    ts,
+                    None,
+                )
+            )
+        returned = db.upsert_returning(
             scheduled_calls,
-            conn.dialect.name,
-            key=["batch_id", "call_key"],
-            update=_CALL_UPDATE_COLUMNS,
-        ).returning(scheduled_calls.c.call_key, scheduled_calls.c.id, sort_by_parameter_order=True)
-        return {row.call_key: row.id for row in conn.execute(stmt, rows)}
+            _CALL_COLUMNS,
+            rows,
+            key=("batch_id", "call_key"),
+            set_=_CALL_SET,
+            returning=("call_key", "id"),
+        )
+        return {key: call_id for key, call_id in returned}
 
     def _replace_details(
         self,
-        conn: Connection,
+        db: Any,
         calls: Sequence[NormalizedCall],
         stored: dict[str, _Stored],
         ids: dict[str, int],
     ) -> None:
         """Rewrite the child rows of calls whose details are new or differ."""
-        changed = [
-            c
-            for c in calls
-            if c.call_key not in stored or stored[c.call_key].detail_hash != c.detail_hash
-        ]
+        changed = []
+        stale = []
+        for call in calls:
+            old = stored.get(call.call_key)
+            if old is None:
+                changed.append(call)
+            elif old[6] != call.detail_hash:
+                changed.append(call)
+                stale.append(ids[call.call_key])
         if not changed:
             return
-        stale = [ids[c.call_key] for c in changed if c.call_key in stored]
         for table in (scheduled_call_media, scheduled_call_data_messages, scheduled_call_metadata):
-            if stale:
-                conn.execute(delete(table).where(table.c.scheduled_call_id.in_(stale)))
-        media = [{"scheduled_call_id": ids[c.call_key], **c.media} for c in changed]
-        conn.execute(insert(scheduled_call_media), media)
-        _insert_many(
-            conn,
-            scheduled_call_data_messages,
+            db.delete_in(table, "scheduled_call_id", stale)
+        db.insert(
+            scheduled_call_media,
+            ("scheduled_call_id", *MEDIA_COLUMNS),
             (
-                {"scheduled_call_id": ids[c.call_key], "message": message, "enabled": enabled}
+                (
+                    ids[c.call_key],
+                    *[
+                        json_text(c.media[column]) if is_json else c.media[column]
+                        for column, is_json in zip(MEDIA_COLUMNS, _MEDIA_JSON, strict=True)
+                    ],
+                )
                 for c in changed
-                for message, enabled in c.data_messages
             ),
         )
-        _insert_many(
-            conn,
-            scheduled_call_metadata,
-            (
-                {"scheduled_call_id": ids[c.call_key], "key": key, "value": value}
-                for c in changed
-                for key, value in c.metadata_entries
-            ),
-        )
+        flags = [
+            (ids[c.call_key], message, enabled)
+            for c in changed
+            for message, enabled in c.data_messages
+        ]
+        if flags:
+            db.insert(
+                scheduled_call_data_messages, ("scheduled_call_id", "message", "enabled"), flags
+            )
+        entries = [
+            (ids[c.call_key], key, value) for c in changed for key, value in c.metadata_entries
+        ]
+        if entries:
+            db.insert(scheduled_call_metadata, ("scheduled_call_id", "key", "value"), entries)
 
     def _record_changes(
         self,
-        conn: Connection,
+        db: Any,
         calls: Sequence[NormalizedCall],
         stored: dict[str, _Stored],
         ids: dict[str, int],
-        now: datetime,
+        ts: Any,
     ) -> None:
         """One history row per first sighting and per change of status, callId or error."""
         history = []
         for call in calls:
             row = call.call
+            status, call_id, error = row["status"], row["call_id"], row["error"]
             old = stored.get(call.call_key)
-            if old is not None and (old.status, old.call_id, old.error) == (
-                row["status"],
-                row["call_id"],
-                row["error"],
-            ):
+            if old is not None and (old[2], old[3], old[4]) == (status, call_id, error):
                 continue
             history.append(
-                {
-                    "scheduled_call_id": ids[call.call_key],
-                    "run_id": self.run_id,
-                    "from_status": old.status if old else None,
-                    "to_status": row["status"],
-                    "call_id": row["call_id"],
-                    "error": row["error"],
-                    "observed_at": now,
-                }
+                (
+                    ids[call.call_key],
+                    self.run_id,
+                    old[2] if old is not None else None,
+                    status,
+                    call_id,
+                    error,
+                    ts,
+                )
             )
-        _insert_many(conn, scheduled_call_status_changes, history)
+        if history:
+            db.insert(scheduled_call_status_changes, _HISTORY_COLUMNS, history)
 
     def _record_rejects(
         self,
@@ -291,20 +351,6 @@ class BatchLoader:
                 for r in rejects
             ),
         )
-
-    def _mark_removed(self, conn: Connection, now: datetime) -> int:
-        c = scheduled_calls.c
-        active = conn.execute(
-            select(c.id).where(and_(c.batch_id == self.batch.batch_id, c.removed_at.is_(None)))
-        ).scalars()
-        gone = [call_id for call_id in active if call_id not in self._seen_ids]
-        for start in range(0, len(gone), _KEY_CHUNK):
-            conn.execute(
-                update(scheduled_calls)
-                .where(c.id.in_(gone[start : start + _KEY_CHUNK]))
-                .values(removed_at=now)
-            )
-        return len(gone)
 
 
 def _insert_many(conn: Connection, table: Any, rows: Iterable[dict[str, Any]]) -> None:

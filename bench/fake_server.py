@@ -1,0 +1,77 @@
+"""The benchmark's fake Ultravox API: `etl.fake_api` in a process of its own, steered on stdin.
+
+    python -m bench.fake_server --batches 10 --calls 20000 [--seed 0]
+
+Serves the same generated batches as `python -m etl.fake_api` (ids derive from the seed), on a
+free port of 127.0.0.1, in its own process, so the server's Python never competes with the
+client's for one GIL. It prints one JSON line {"base_url", "api_key", "agent_id", "batches"},
+then obeys one command per line on stdin, answering each with a line "ok …":
+
+    latency SECONDS     every request waits that long first (the fake's latency knob)
+    advance FRACTION    move that fraction of every batch's calls one status further
+    quit                stop (so does the end of stdin)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import uuid
+
+from etl.fake_api import FakeUltravox, generate_calls
+
+API_KEY = "bench-api-key"
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.fake_server")
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=20000, help="calls per batch")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    fake = FakeUltravox(API_KEY, max_page_size=1000)
+    rng = random.Random(args.seed)  # as etl.fake_api.main: the same seed, the same ids
+    agent_id = _uuid(rng)
+    for _ in range(args.batches):
+        batch_id = _uuid(rng)
+        fake.add_batch(agent_id, batch_id, generate_calls(batch_id, args.calls, seed=args.seed))
+    base_url = fake.start()
+    hello = {
+        "base_url": base_url,
+        "api_key": API_KEY,
+        "agent_id": agent_id,
+        "batches": list(fake.batches),
+    }
+    print(json.dumps(hello), flush=True)
+    advanced = 0
+    try:
+        for line in sys.stdin:
+            command, *rest = line.split()
+            if command == "latency":
+                fake.latency_seconds = float(rest[0])
+                print(f"ok latency {fake.latency_seconds}", flush=True)
+            elif command == "advance":
+                advanced += 1
+                changed = sum(
+                    fake.advance(batch_id, float(rest[0]), seed=advanced)
+                    for batch_id in list(fake.batches)
+                )
+                print(f"ok advanced {changed}", flush=True)
+            elif command == "quit":
+                break
+            else:
+                print(f"error unknown command {command!r}", flush=True)
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

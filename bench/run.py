@@ -1,0 +1,430 @@
+"""The sync benchmark: how far the database side is from the cost of fetching alone.
+
+Run from the repository root, in the project's virtualenv (PostgreSQL must be reachable):
+
+    python -m bench.run                     # 200,000 calls in 10 batches, pages of 1,000
+    python -m bench.run --smoke             # 5,000 calls, for CI: checks it runs, not speed
+    python bench/run.py --calls 1000000     # the same, as a script
+
+Options: --calls N --batches B --page-size P --latency-ms L --concurrency C
+--postgres-url URL (an existing database to connect to; scratch databases are created next to
+it and dropped) --out FILE (default bench/results/latest.md) --smoke --profile DIR (each
+scenario sampled by py-spy if it is on PATH, all threads, collapsed stacks in <DIR>/<scenario>.txt
+that `python -m bench.profile_summary FILE` sums up; else cProfile of the main thread only).
+
+The fake API (bench/fake_server.py, the project's etl.fake_api) runs in a process of its own.
+Every scenario runs in a fresh Python process, so its peak RSS is its own:
+
+    A   fetch only: the project's HTTP client walks every page and parses it; no database
+    B   full sync into a fresh PostgreSQL database
+    C   full sync into a fresh SQLite database
+    D   re-sync into B's database, nothing changed
+    E   re-sync into B's database after 30% of the calls changed status
+    A'  A again, every request delayed by --latency-ms (the fake's latency knob)
+    F   B again (a fresh database), every request delayed by --latency-ms
+
+B-F call the project's entry point, etl.pipeline.sync (full=True, so every batch is listed),
+with `[api] concurrency` = --concurrency and the client's rate cap at 1,000 requests/s; A and
+A' walk the batches on --concurrency threads. The schema is migrated before the clock starts.
+Wall seconds, calls/s, peak RSS and the ratio to A (F: to A') go to a markdown table, printed
+and written to --out with the machine it ran on. Exit status 1 if a scenario failed or its
+counts are not the expected ones (every call inserted, unchanged, or updated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import json
+import os
+import platform
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `etl` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results" / "latest.md"
+DEFAULT_POSTGRES_URL = "postgresql://root@127.0.0.1:5432/postgres"
+RATE_CAP = 1000.0
+
+# scenario -> (what, the ratio's limit, the row it is compared with)
+TARGETS: dict[str, tuple[str, float | None, str]] = {
+    "A": ("fetch only (HTTP + JSON parse), no database", None, "A"),
+    "B": ("full sync → fresh PostgreSQL", 3.0, "A"),
+    "C": ("full sync → fresh SQLite", 4.0, "A"),
+    "D": ("re-sync → PostgreSQL, nothing changed", 1.3, "A"),
+    "E": ("re-sync → PostgreSQL, 30% changed status", 2.0, "A"),
+    "A'": ("A with latency", None, "A'"),
+    "F": ("B with latency", 1.2, "A'"),
+}
+MIN_CALLS_PER_SECOND_B = 30_000
+MAX_RSS_MIB = 150
+
+
+# -- one scenario, in its own process ----------------------------------------------------------
+
+
+def _settings(spec: dict[str, Any]) -> Any:
+    from etl.config import ApiSettings
+
+    return ApiSettings(
+        base_url=spec["base_url"],
+        page_size=spec["page_size"],
+        max_requests_per_second=RATE_CAP,
+        concurrency=spec["concurrency"],
+        timeout_seconds=60.0,
+    )
+
+
+def _fetch_only(spec: dict[str, Any]) -> dict[str, Any]:
+    from etl.config import BatchRef
+    from etl.extract.client import UltravoxClient
+    from etl.extract.streams import scheduled_call_pages
+
+    settings = _settings(spec)
+
+    def walk(client: UltravoxClient, batch_id: str) -> int:
+        ref = BatchRef(spec["agent_id"], batch_id)
+        return sum(
+            len(p.results) for p in scheduled_call_pages(client, ref, page_size=settings.page_size)
+        )
+
+    with UltravoxClient(settings, spec["api_key"]) as client:
+        start = time.perf_counter()
+        with ThreadPoolExecutor(settings.concurrency) as pool:
+            fetched = sum(pool.map(lambda b: walk(client, b), spec["batches"]))
+        wall = time.perf_counter() - start
+    return {"wall": wall, "fetched": fetched}
+
+
+def _sync(spec: dict[str, Any]) -> dict[str, Any]:
+    from etl.config import BatchRef, Config
+    from etl.load.database import open_engine, upgrade_to_head
+
+    config = Config(
+        api=_settings(spec),
+        database_url=spec["database_url"],
+        batches=tuple(BatchRef(spec["agent_id"], b) for b in spec["batches"]),
+        api_key=spec["api_key"],
+        source="bench",
+    )
+    engine = open_engine(config.database_url)
+    upgrade_to_head(engine)
+    engine.dispose()
+    from etl.pipeline import sync
+
+    start = time.perf_counter()
+    result = sync(config, full=True)
+    wall = time.perf_counter() - start
+    totals: dict[str, Any] = {"wall": wall, "failed": []}
+    for name in ("fetched", "inserted", "updated", "unchanged", "removed", "rejected"):
+        totals[name] = sum(getattr(b.counts, name) for b in result.batches)
+    totals["failed"] = [f"{b.batch.batch_id}: {b.error}" for b in result.batches if b.error]
+    return totals
+
+
+def run_scenario(spec: dict[str, Any]) -> dict[str, Any]:
+    action = _fetch_only if spec["kind"] == "fetch" else _sync
+    if spec.get("gc_threshold"):  # an experiment: see --gc-threshold
+        gc.freeze()
+        gc.set_threshold(*spec["gc_threshold"])
+    if spec.get("profile") and not spec.get("py_spy"):
+        profiler = cProfile.Profile()
+        result = profiler.runcall(action, spec)
+        profiler.dump_stats(spec["profile"])
+    else:
+        result = action(spec)
+    result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+# -- the orchestration ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    calls: int
+    result: dict[str, Any]
+    expect: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        return float(self.result["wall"])
+
+    def problems(self) -> list[str]:
+        found = [f"{self.name}: {failure}" for failure in self.result.get("failed", [])]
+        for name, value in self.expect.items():
+            if self.result.get(name) != value:
+                found.append(f"{self.name}: {name} = {self.result.get(name)}, expected {value}")
+        return found
+
+
+class FakeServer:
+    """bench/fake_server.py in a child process."""
+
+    def __init__(self, batches: int, calls_per_batch: int) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "bench.fake_server", "--batches", str(batches),
+             "--calls", str(calls_per_batch)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("the fake API did not start")
+        self.hello: dict[str, Any] = json.loads(line)
+
+    def command(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline().strip()
+        if not answer.startswith("ok"):
+            raise SystemExit(f"fake API: {line!r}: {answer!r}")
+        return answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, SystemExit):
+                self.command("quit")
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Postgres:
+    """Scratch databases on the server of `url`, dropped at the end."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        self._text = text
+        self.url = make_url(url).set(drivername="postgresql+psycopg")
+        self.admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+        with self.admin.connect() as conn:
+            self.version = str(conn.execute(text("SHOW server_version")).scalar())
+
+    def fresh(self) -> str:
+        name = f"etl_bench_{uuid.uuid4().hex[:10]}"
+        with self.admin.connect() as conn:
+            conn.execute(self._text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return self.url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.created:
+                conn.execute(self._text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+def _in_child(spec: dict[str, Any]) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.run", "--scenario", json.dumps(spec)]
+    py_spy = spec.get("py_spy")
+    if py_spy:  # sampled, every thread: collapsed stacks, see bench/profile_summary.py
+        command = [py_spy, "record", "--format", "raw", "--rate", "250",
+                   "--output", spec["profile"], "--", *command]  # fmt: skip
+    proc = subprocess.run(  # noqa: S603 - our own interpreter and module, or py-spy
+        command, cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"scenario {spec['name']} failed (exit {proc.returncode})")
+    return dict(json.loads(lines[-1]))
+
+
+def _machine(postgres_version: str) -> dict[str, str]:
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").exists() else ""
+    ram = next((ln.split()[1] for ln in meminfo.splitlines() if ln.startswith("MemTotal")), "")
+    cpu = ""
+    if Path("/proc/cpuinfo").exists():
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+             if ln.startswith("model name")),
+            "",
+        )  # fmt: skip
+    import orjson
+    import psycopg
+    import sqlalchemy
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": f"{os.cpu_count()} x {cpu or platform.machine()}",
+        "RAM": f"{int(ram) / 1024 / 1024:.1f} GiB" if ram else "?",
+        "OS": f"{platform.system()} {platform.release()}",
+        "Python": platform.python_version(),
+        "PostgreSQL": postgres_version,
+        "SQLite": sqlite3.sqlite_version,
+        "libraries": f"SQLAlchemy {sqlalchemy.__version__}, psycopg {psycopg.__version__}, "
+        f"orjson {orjson.__version__}",
+    }
+
+
+def _table(rows: list[Row], by_name: dict[str, Row]) -> tuple[str, list[str]]:
+    lines = [
+        "| | scenario | calls | wall s | calls/s | peak RSS MiB | ratio | target | met |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    missed = []
+    for row in rows:
+        what, limit, base = TARGETS[row.name]
+        ratio = row.wall / by_name[base].wall
+        rate = row.calls / row.wall
+        rss = float(row.result["rss_mib"])
+        targets = []
+        met = rss < MAX_RSS_MIB
+        if limit is not None:
+            targets.append(f"≤ {limit:g}x {base}")
+            met = met and ratio <= limit
+        if row.name == "B":
+            targets.append(f"≥ {MIN_CALLS_PER_SECOND_B:,} calls/s")
+            met = met and rate >= MIN_CALLS_PER_SECOND_B
+        targets.append(f"RSS < {MAX_RSS_MIB}")
+        if not met:
+            missed.append(row.name)
+        lines.append(
+            f"| {row.name} | {what} | {row.calls:,} | {row.wall:.2f} | {rate:,.0f} | {rss:.0f} "
+            f"| {ratio:.2f}x {base} | {', '.join(targets)} | {'yes' if met else '**no**'} |"
+        )
+    return "\n".join(lines), missed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=200_000, help="calls in all (200,000)")
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="for A' and F (50)")
+    parser.add_argument("--concurrency", type=int, default=4, help="batches at once (4)")
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("ULTRAVOX_ETL_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="a database on the server to use; scratch databases are made beside it",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--smoke", action="store_true", help="5,000 calls in 5 batches")
+    parser.add_argument("--profile", type=Path, help="write <DIR>/<scenario>.prof (cProfile)")
+    parser.add_argument(
+        "--gc-threshold",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="experiment: gc.freeze() and gc.set_threshold(T0,T1,T2) in every scenario",
+    )
+    parser.add_argument("--scenario", help=argparse.SUPPRESS)  # internal: one scenario, as JSON
+    args = parser.parse_args(argv)
+
+    if args.scenario:
+        print(json.dumps(run_scenario(json.loads(args.scenario))))
+        return 0
+    if args.smoke:
+        args.calls, args.batches = 5_000, 5
+    per_batch = args.calls // args.batches
+    calls = per_batch * args.batches
+    py_spy = None
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        py_spy = shutil.which("py-spy")
+        if py_spy is None:
+            print("py-spy is not on PATH: cProfile, main thread only", file=sys.stderr)
+
+    postgres = Postgres(args.postgres_url)
+    server = FakeServer(args.batches, per_batch)
+    tmp = tempfile.TemporaryDirectory(prefix="etl-bench-")
+    rows: list[Row] = []
+    try:
+        base = {
+            **{k: server.hello[k] for k in ("base_url", "api_key", "agent_id", "batches")},
+            "page_size": args.page_size,
+            "concurrency": args.concurrency,
+            "gc_threshold": args.gc_threshold,
+        }
+
+        def run(name: str, kind: str, database_url: str | None = None, **expect: int) -> Row:
+            spec = {**base, "name": name, "kind": kind, "database_url": database_url}
+            if args.profile:
+                stem = args.profile / name.replace("'", "_latency")
+                spec["profile"] = str(stem.with_suffix(".txt" if py_spy else ".prof"))
+                spec["py_spy"] = py_spy
+            print(f"… {name}: {TARGETS[name][0]}", file=sys.stderr, flush=True)
+            row = Row(name, calls, _in_child(spec), {"fetched": calls, **expect})
+            print(f"  {row.wall:.2f} s", file=sys.stderr, flush=True)
+            rows.append(row)
+            return row
+
+        run("A", "fetch")
+        pg_url = postgres.fresh()
+        run("B", "sync", pg_url, inserted=calls)
+        run("C", "sync", f"sqlite:///{tmp.name}/bench.db", inserted=calls)
+        run("D", "sync", pg_url, unchanged=calls, inserted=0, updated=0)
+        changed = int(server.command("advance 0.3").split()[-1])
+        run("E", "sync", pg_url, updated=changed, unchanged=calls - changed, inserted=0)
+        server.command(f"latency {args.latency_ms / 1000}")
+        run("A'", "fetch")
+        run("F", "sync", postgres.fresh(), inserted=calls)
+    finally:
+        server.close()
+        postgres.drop_all()
+        tmp.cleanup()
+
+    by_name = {r.name: r for r in rows}
+    table, missed = _table(rows, by_name)
+    problems = [p for r in rows for p in r.problems()]
+    machine = _machine(postgres.version)
+    settings = (
+        f"{calls:,} calls in {args.batches} batches, pages of {args.page_size:,}, "
+        f"concurrency {args.concurrency}, latency for A' and F {args.latency_ms:g} ms, "
+        f"client rate cap {RATE_CAP:,.0f} requests/s"
+        + (f", gc.set_threshold{tuple(args.gc_threshold)}" if args.gc_threshold else "")
+        + f"; E: {by_name['E'].expect['updated']:,} "
+        "calls changed status"
+    )
+    report = "\n".join(
+        [
+            "# Sync benchmark" + (" (smoke)" if args.smoke else ""),
+            "",
+            f"`python -m bench.run {' '.join(argv if argv is not None else sys.argv[1:])}`".replace(
+                " `", "`"
+            ),
+            "",
+            settings + ".",
+            "",
+            table,
+            "",
+            "Ratio: wall time over A's (F over A', the fetch with the same latency). Peak RSS: "
+            "the scenario's own process (each runs in a fresh one).",
+            "",
+            "Machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()) + ".",
+            "",
+            ("Targets missed: " + ", ".join(missed) + ".") if missed else "Every target met.",
+            *([""] + [f"Problem: {p}" for p in problems] if problems else []),
+            "",
+        ]
+    )
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report, encoding="utf-8")
+    print(f"written to {args.out}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

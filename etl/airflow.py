@@ -1,0 +1,349 @@
+"""Airflow: a DAG that spreads the batches of one sync over Airflow's workers.
+
+    # dags/ultravox_sync.py (see examples/airflow/ultravox_sync_dag.py)
+    from etl.airflow import ultravox_sync_dag
+
+    dag = ultravox_sync_dag("/opt/airflow/config/ultravox-etl.toml")
+
+The DAG (TaskFlow API, Airflow 3):
+
+1. `list_batches` brings the schema to head, then lists the batches to sync: the config's
+   `[[batches]]`, then every batch its `[[agents]]` list (a batch gone from its agent's list
+   is marked removed, as a CLI run does).
+2. `sync_batch` is mapped over that list, one task instance per batch, at most
+   `max_parallel_batches` at once (`max_active_tis_per_dag`), each retried by Airflow. Each
+   is an `etl.sync()` run of one batch, recorded in etl_runs like any other run; the
+   per-batch lock makes retries and overlapping DAG runs safe.
+
+Outcomes: a synced (or skipped-as-final, or removed) batch succeeds and returns its counts
+as XCom; a failed batch fails the task instance, so Airflow retries it; a batch another run
+is syncing ("locked, try later") is skipped, or with `on_locked="reschedule"` rescheduled.
+
+Secrets never live in the DAG file or the config: the database URL comes from an Airflow
+Connection (`ultravox_etl_db`; postgres or sqlite), the API key from an Airflow Variable
+(`ultravox_api_key`) or, with `api_key_conn_id`, from a Connection's password.
+
+Only `ultravox_sync_dag` imports Airflow, so the rest of this module works without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from sqlalchemy.engine import URL
+
+from etl.config import API_KEY_ENV, BatchRef, Config, load_config
+from etl.extract.client import UltravoxClient
+from etl.load.database import open_engine
+from etl.logs import counts_dict
+from etl.progress import LogProgress
+from etl.report import BatchStatus, RunResult
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG  # type: ignore[import-not-found, unused-ignore]
+
+# mypy checks this module against Airflow's types where it is installed (CI); without it,
+# the imports are unknown and the decorators untyped, which the ignores below allow.
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONN_ID = "ultravox_etl_db"
+DEFAULT_API_KEY_VARIABLE = "ultravox_api_key"
+
+_POSTGRES_QUERY_KEYS = (
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "target_session_attrs",
+)
+"""Connection extras passed on to libpq; other extras (Airflow's own) are ignored."""
+
+
+class ConnectionLike(Protocol):
+    """The fields of an Airflow Connection this module reads."""
+
+    conn_type: str | None
+    host: str | None
+    schema: str | None
+    login: str | None
+    password: str | None
+    port: int | None
+
+    @property
+    def extra_dejson(self) -> dict[str, Any]: ...
+
+    def get_uri(self) -> str: ...
+
+
+def database_url_from_connection(conn: ConnectionLike) -> str:
+    """A SQLAlchemy URL from an Airflow Connection of type postgres or sqlite.
+
+    postgres: host, port, login, password, schema (the database), libpq extras such as
+    sslmode. sqlite: host is the file's path. Any other type: the Connection's URI as is.
+    """
+    conn_type = (conn.conn_type or "").lower()
+    if conn_type in ("postgres", "postgresql"):
+        extras = conn.extra_dejson
+        query = {k: str(extras[k]) for k in _POSTGRES_QUERY_KEYS if extras.get(k) is not None}
+        url = URL.create(
+            "postgresql+psycopg",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query=query,
+        )
+        return url.render_as_string(hide_password=False)
+    if conn_type == "sqlite":
+        path = conn.host or conn.schema or ""
+        return f"sqlite:///{path}"
+    return conn.get_uri()
+
+
+# -- the work of the two tasks, without Airflow ---------------------------------------------------
+
+
+def batch_to_xcom(batch: BatchRef) -> dict[str, Any]:
+    """A batch as a JSON-able mapping, the unit `sync_batch` is mapped over."""
+    return {"agent_id": batch.agent_id, "batch_id": batch.batch_id, "statuses": [*batch.statuses]}
+
+
+def batch_from_xcom(value: Mapping[str, Any]) -> BatchRef:
+    return BatchRef(
+        agent_id=str(value["agent_id"]),
+        batch_id=str(value["batch_id"]),
+        statuses=tuple(value.get("statuses") or ()),
+    )
+
+
+def plan_batches(config: Config, *, migrate: bool = True) -> list[BatchRef]:
+    """The batches one DAG run syncs: `[[batches]]`, then each of `[[agents]]`'s, each once.
+
+    Brings the schema to head first (`migrate`; one process at a time, under the lock
+    "schema"). As in a CLI run, a batch gone from its agent's complete list is marked
+    removed. Raises if an agent's list cannot be read, so the task fails and is retried.
+    """
+    from etl.pipeline import discover_agent_batches, upgrade_schema
+
+    engine = open_engine(config.database_url)
+    try:
+        if migrate:
+            upgrade_schema(engine)
+        batches: dict[str, BatchRef] = {b.batch_id: b for b in config.batches}
+        if not config.agents:
+            return list(batches.values())
+        with UltravoxClient(config.api, config.api_key) as client:
+            for agent in config.agents:
+                listed = discover_agent_batches(
+                    client, engine, agent, page_size=config.api.page_size, now=datetime.now(UTC)
+                )
+                for batch_id in listed:
+                    batches.setdefault(batch_id, BatchRef(agent.agent_id, batch_id, agent.statuses))
+        return list(batches.values())
+    finally:
+        engine.dispose()
+
+
+class Outcome(StrEnum):
+    DONE = "done"
+    TRY_LATER = "try_later"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchOutcome:
+    outcome: Outcome
+    message: str
+    summary: dict[str, Any]
+    """run_id, batch_id, status, counts, note, error: the task's XCom when it succeeds."""
+
+
+def batch_outcome(result: RunResult, batch: BatchRef) -> BatchOutcome:
+    """What one batch's run means to Airflow: done, try later (locked), or failed."""
+    mine = next((b for b in result.batches if b.batch.batch_id == batch.batch_id), None)
+    summary: dict[str, Any] = {
+        "run_id": result.run_id,
+        "batch_id": batch.batch_id,
+        "status": mine.status.value if mine else None,
+        "counts": counts_dict(mine.counts) if mine else None,
+        "note": mine.note if mine else None,
+        "error": (mine.error if mine else None) or result.error,
+    }
+    where = f"batch {batch.batch_id} (run {result.run_id})"
+    if mine is None or mine.status is BatchStatus.FAILED or result.error is not None:
+        return BatchOutcome(Outcome.FAILED, f"{where} failed: {summary['error']}", summary)
+    if mine.status is BatchStatus.LOCKED:
+        return BatchOutcome(Outcome.TRY_LATER, f"{where} locked: {mine.note}", summary)
+    note = f" ({mine.note})" if mine.note else ""
+    return BatchOutcome(Outcome.DONE, f"{where} {mine.status.value}{note}", summary)
+
+
+def sync_one_batch(
+    config: Config, batch: BatchRef, *, full: bool = False, progress_interval: float = 30.0
+) -> BatchOutcome:
+    """One `etl.sync()` run of one batch, without listing any agent again.
+
+    list_batches has migrated the schema; should a retry run a newer version of this
+    package, its sync migrates (one task at a time, under the lock "schema").
+    """
+    from etl.pipeline import sync
+
+    one = dataclasses.replace(config, batches=(batch,), agents=())
+    progress = LogProgress(progress_interval)
+    result = sync(one, [batch.batch_id], full=full, progress=progress)
+    return batch_outcome(result, batch)
+
+
+# -- the DAG ------------------------------------------------------------------------------------
+
+
+def load_task_config(
+    config_path: str | os.PathLike[str],
+    *,
+    database_conn_id: str,
+    api_key_variable: str | None,
+    api_key_conn_id: str | None,
+    need_api_key: bool = True,
+) -> Config:
+    """The config file, with the database URL and the API key from Airflow's secrets.
+
+    Call inside a task: it reads the Connection and the Variable (Airflow masks both in
+    task logs).
+    """
+    from airflow.sdk import Connection, Variable  # type: ignore[import-not-found, unused-ignore]
+
+    database_url = database_url_from_connection(Connection.get(database_conn_id))
+    env = dict(os.environ)
+    if need_api_key:
+        if api_key_conn_id is not None:
+            key = Connection.get(api_key_conn_id).password or ""
+        elif api_key_variable is not None:
+            key = Variable.get(api_key_variable)
+        else:
+            key = ""
+        env[API_KEY_ENV] = str(key)
+    return load_config(
+        config_path, database_url=database_url, require_api_key=need_api_key, environ=env
+    )
+
+
+def ultravox_sync_dag(
+    config_path: str | os.PathLike[str],
+    *,
+    dag_id: str = "ultravox_sync",
+    schedule: Any = "*/10 * * * *",
+    start_date: datetime | None = None,
+    database_conn_id: str = DEFAULT_CONN_ID,
+    api_key_variable: str | None = DEFAULT_API_KEY_VARIABLE,
+    api_key_conn_id: str | None = None,
+    max_parallel_batches: int = 4,
+    retries: int = 3,
+    retry_delay: timedelta = timedelta(minutes=2),
+    on_locked: Literal["skip", "reschedule"] = "skip",
+    reschedule_after: timedelta = timedelta(minutes=5),
+    full: bool = False,
+    execution_timeout: timedelta | None = timedelta(hours=2),
+    tags: Sequence[str] = ("ultravox",),
+    **dag_kwargs: Any,
+) -> DAG:
+    """The DAG: `list_batches`, then `sync_batch` mapped over them (see the module doc).
+
+    `config_path`: the TOML config (its `[database] url` is replaced by the Connection's).
+    `max_parallel_batches`: sync_batch instances running at once across all DAG runs.
+    `on_locked`: a batch another run is syncing is skipped (default), or rescheduled
+    `reschedule_after` later. `dag_kwargs` go to the DAG (e.g. `max_active_runs`).
+    """
+    from airflow.sdk import dag, get_current_context, task  # type: ignore[import-not-found, unused-ignore]
+
+    skip, fail, reschedule = _airflow_exceptions()
+    dag_kwargs.setdefault("max_active_runs", 1)
+    dag_kwargs.setdefault("catchup", False)
+
+    def task_config(*, need_api_key: bool) -> Config:
+        return load_task_config(
+            config_path,
+            database_conn_id=database_conn_id,
+            api_key_variable=api_key_variable,
+            api_key_conn_id=api_key_conn_id,
+            need_api_key=need_api_key,
+        )
+
+    @dag(  # type: ignore[untyped-decorator, unused-ignore]
+        dag_id=dag_id,
+        schedule=schedule,
+        start_date=start_date or datetime(2025, 1, 1, tzinfo=UTC),
+        tags=list(tags),
+        default_args={
+            "retries": retries,
+            "retry_delay": retry_delay,
+            "execution_timeout": execution_timeout,
+        },
+        doc_md=__doc__,
+        **dag_kwargs,
+    )
+    def ultravox_sync() -> None:
+        @task  # type: ignore[untyped-decorator, unused-ignore]
+        def list_batches() -> list[dict[str, Any]]:
+            config = task_config(need_api_key=False)
+            if config.agents:  # listing the agents' batches needs the key
+                config = task_config(need_api_key=True)
+            planned = plan_batches(config)
+            log.info("%d batches to sync", len(planned))
+            return [batch_to_xcom(b) for b in planned]
+
+        @task(  # type: ignore[untyped-decorator, unused-ignore]
+            max_active_tis_per_dag=max_parallel_batches,
+            map_index_template="{{ ultravox_batch_id }}",
+        )
+        def sync_batch(batch: dict[str, Any]) -> dict[str, Any]:
+            ref = batch_from_xcom(batch)
+            context: Any = get_current_context()
+            context["ultravox_batch_id"] = ref.batch_id  # names the mapped instance in the UI
+            try:
+                config = task_config(need_api_key=True)
+            except Exception as exc:  # a config error does not heal on retry
+                raise fail(f"cannot load the config: {exc}") from None
+            outcome = sync_one_batch(config, ref, full=full)
+            if outcome.outcome is Outcome.TRY_LATER:
+                if on_locked == "reschedule":
+                    raise reschedule(reschedule_date=datetime.now(UTC) + reschedule_after)
+                raise skip(outcome.message)
+            if outcome.outcome is Outcome.FAILED:
+                raise RuntimeError(outcome.message)  # fails the instance; Airflow retries
+            log.info("%s", outcome.message)
+            return outcome.summary
+
+        sync_batch.expand(batch=list_batches())
+
+    built: DAG = ultravox_sync()
+    return built
+
+
+def _airflow_exceptions() -> tuple[type[Exception], type[Exception], Callable[..., Exception]]:
+    """AirflowSkipException, AirflowFailException, AirflowRescheduleException.
+
+    They moved to airflow.sdk.exceptions in Airflow 3.1; airflow.exceptions has them in 3.0.
+    """
+    import importlib
+
+    names = ("AirflowSkipException", "AirflowFailException", "AirflowRescheduleException")
+    try:
+        module = importlib.import_module("airflow.sdk.exceptions")
+        found = tuple(getattr(module, name) for name in names)
+    except (ImportError, AttributeError):
+        module = importlib.import_module("airflow.exceptions")
+        found = tuple(getattr(module, name) for name in names)
+    skip, fail, reschedule = found
+    return skip, fail, reschedule
