@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ DEFAULT_MEDIUM_TYPE = "webRtc"
 DEFINITION_FIELDS = ("medium", "metadata", "templateContext", "experimentalSettings")
 NUL = "\x00"
 NUL_REPLACEMENT = "\ufffd"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 SECRET_MEDIUM_KEYS = frozenset({"password"})
 """Keys dropped wherever they appear in a medium: never stored, hashed or logged."""
 
@@ -113,8 +115,8 @@ def canonical_json_bytes(value: Any) -> bytes:
     """
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a non-str key
-        return canonical_json(value).encode("utf-8")
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, a lone surrogate
+        return canonical_json(value).encode("utf-8", "surrogatepass")
 
 
 def digest(value: Any) -> str:
@@ -166,7 +168,7 @@ def _definition(record: Mapping[str, Any]) -> tuple[str, bool]:
         text = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         definition["medium"] = strip_secrets(medium)
-        text = canonical_json(definition).encode("utf-8")
+        text = canonical_json(definition).encode("utf-8", "surrogatepass")
     return _hex32(text), secret_free
 
 
@@ -229,30 +231,32 @@ def normalize_page(
 
 
 def holds_nul(value: Any) -> bool:
-    """Whether a JSON value has U+0000 in any string or key."""
+    """Whether a JSON value has, in any string or key, a character no database column takes:
+    U+0000 (PostgreSQL text and jsonb refuse it) or a lone surrogate (not UTF-8 at all)."""
     if isinstance(value, str):
-        return NUL in value
+        return _UNSTORABLE.search(value) is not None
     if isinstance(value, dict):
-        return any(NUL in k or holds_nul(v) for k, v in value.items())
+        return any(_UNSTORABLE.search(k) or holds_nul(v) for k, v in value.items())
     if isinstance(value, list):
         return any(holds_nul(v) for v in value)
     return False
 
 
 def replace_nul(value: Any) -> Any:
-    """The value with every U+0000 replaced by U+FFFD, which both databases can store."""
+    """The value with each such character replaced by U+FFFD, which both databases store."""
     if isinstance(value, str):
-        return value.replace(NUL, NUL_REPLACEMENT)
+        return _UNSTORABLE.sub(NUL_REPLACEMENT, value)
     if isinstance(value, dict):
-        return {k.replace(NUL, NUL_REPLACEMENT): replace_nul(v) for k, v in value.items()}
+        return {_UNSTORABLE.sub(NUL_REPLACEMENT, k): replace_nul(v) for k, v in value.items()}
     if isinstance(value, list):
         return [replace_nul(v) for v in value]
     return value
 
 
 def nul_escaped(record: Mapping[str, Any]) -> str:
-    """The record exactly, as JSON text: json.dumps writes U+0000 as the escape \\u0000."""
-    return json.dumps(strip_secrets(record), ensure_ascii=False, sort_keys=True)
+    """The record exactly, as ASCII JSON text: U+0000 is the escape \\u0000, a lone
+    surrogate \\ud800 and so on, so json.loads() of it gives the record back."""
+    return json.dumps(strip_secrets(record), ensure_ascii=True, sort_keys=True)
 
 
 def check_record(record: Any, batch: BatchRef) -> None:
@@ -342,6 +346,11 @@ def _normalize_call(
     )
 
 
+METADATA_KEY_MAX_BYTES = 1000
+"""A longer metadata key gets no key/value row: PostgreSQL cannot index it (btree entries
+stop near 2.7 kB). Nothing is lost: scheduled_calls.metadata keeps the whole object."""
+
+
 def metadata_entries(metadata: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
     """Key/value rows; a value that is not a string is kept as its JSON text."""
     if not metadata:
@@ -349,6 +358,8 @@ def metadata_entries(metadata: Mapping[str, Any] | None) -> tuple[tuple[str, str
     return tuple(
         (key, value if isinstance(value, str) else canonical_json(value))
         for key, value in metadata.items()
+        if len(key) * 4 <= METADATA_KEY_MAX_BYTES  # fast path: 4 bytes a character at most
+        or len(key.encode("utf-8", "surrogatepass")) <= METADATA_KEY_MAX_BYTES
     )
 
 

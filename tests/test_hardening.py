@@ -1552,7 +1552,7 @@ def test_long_unicode_sql_looking_and_empty_values_round_trip_exactly(
     )
 
 
-def test_a_very_long_metadata_key_round_trips(
+def test_a_very_long_metadata_key_is_kept_in_the_metadata_json(
     fake_api: FakeUltravox, engine: Engine, database_url: str, run_cli: Any, tmp_path: Path
 ) -> None:
     # Incompressible, and longer than a PostgreSQL btree entry may be (about 2.7 kB).
@@ -1568,7 +1568,9 @@ def test_a_very_long_metadata_key_round_trips(
     assert stored["long"].metadata == {long_key: "v", "tag": "long"}
     m = scheduled_call_metadata.c
     keys = fetch(engine, select(m.key).where(m.scheduled_call_id == stored["long"].id))
-    assert sorted(k for (k,) in keys) == sorted([long_key, "tag"])
+    # Too long for a PostgreSQL index: no key/value row (on either database, alike), and
+    # the whole object stays in scheduled_calls.metadata, so nothing is lost.
+    assert sorted(k for (k,) in keys) == ["tag"]
 
 
 # == 8. Secrets ---------------------------------------------------------------------------

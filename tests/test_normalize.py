@@ -1007,3 +1007,21 @@ def test_nul_in_a_rejected_record_is_replaced_in_its_payload() -> None:
     calls, [reject] = normalize_page([bad], BATCH, CallKeys())
     assert calls == []
     assert reject.payload["metadata"] == ["not", "an object\ufffd"]
+
+
+def test_a_lone_surrogate_is_replaced_and_the_record_kept_as_ascii_json() -> None:
+    record = make_record(error="odd \ud800 one", metadata={"k": "v\udfff"})
+    [call], rejects = normalize_page([record], BATCH, CallKeys())
+    assert rejects == []
+    assert call.call["error"] == "odd \ufffd one"
+    assert call.metadata_entries == (("k", "v\ufffd"),)
+    escaped = call.call["nul_escaped_record"]
+    assert escaped.isascii() and json.loads(escaped) == record
+    assert call.call_key.endswith("#1")
+
+
+def test_a_metadata_key_too_long_to_index_has_no_row_but_stays_in_the_json() -> None:
+    long_key = "k" * 1001
+    call = normalize_one(make_record(metadata={long_key: "v", "short": "s"}))
+    assert call.metadata_entries == (("short", "s"),)
+    assert call.call["metadata"] == {long_key: "v", "short": "s"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -136,11 +137,15 @@ def parse_json(content: bytes) -> Any:
     return json.loads(content)
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 @dataclass(frozen=True, slots=True)
 class ApiResponse:
     body: Any
     may_hold_nul: bool
-    """False when the JSON text has no \\u0000 escape, so no string in it holds U+0000."""
+    """False when the JSON text has no \\u0000 and no surrogate escape (\\ud800-\\udfff), so
+    no string in it holds a character a database column refuses (see normalize.holds_nul)."""
 
 
 class UltravoxClient:
@@ -231,9 +236,11 @@ class UltravoxClient:
         if status == 200:
             content = response.content
             try:
-                return ApiResponse(parse_json(content), b"\\u0000" in content)
+                body = parse_json(content)
             except ValueError:
                 raise TransientError(f"GET {path}: the 200 response is not valid JSON") from None
+            unstorable = b"\\u0000" in content or _SURROGATE_ESCAPE.search(content) is not None
+            return ApiResponse(body, may_hold_nul=unstorable)
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientError(f"HTTP {status} on GET {path}", retry_after=retry_after)

@@ -110,9 +110,10 @@ scheduled_calls = Table(
     Column("removed_at", UtcDateTime),
     Column("call_hash", Text, nullable=False),
     Column("detail_hash", Text, nullable=False),
-    # PostgreSQL text and jsonb cannot hold U+0000. A record that has one is stored with each
-    # U+0000 replaced by U+FFFD, and here, exactly as sent (secrets removed), as JSON text in
-    # which U+0000 is the escape sequence \u0000: json.loads() of it gives the record back.
+    # PostgreSQL text and jsonb cannot hold U+0000, nor any database a lone surrogate. A
+    # record that has one is stored with each replaced by U+FFFD, and here, exactly as sent
+    # (secrets removed), as ASCII JSON text in which they are escapes (\u0000, \ud800):
+    # json.loads() of it gives the record back.
     Column("nul_escaped_record", Text),
     UniqueConstraint("batch_id", "call_key"),
     Index(None, "batch_id", "status"),
