@@ -41,7 +41,6 @@ from sqlalchemy.engine import URL
 from etl.config import API_KEY_ENV, BatchRef, Config, load_config
 from etl.extract.client import UltravoxClient
 from etl.load.database import open_engine
-from etl.logs import counts_dict
 from etl.progress import LogProgress
 from etl.report import BatchStatus, RunResult
 
@@ -177,7 +176,7 @@ def batch_outcome(result: RunResult, batch: BatchRef) -> BatchOutcome:
         "run_id": result.run_id,
         "batch_id": batch.batch_id,
         "status": mine.status.value if mine else None,
-        "counts": counts_dict(mine.counts) if mine else None,
+        "counts": mine.counts.as_dict() if mine else None,
         "note": mine.note if mine else None,
         "error": (mine.error if mine else None) or result.error,
     }

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from etl.report import BatchCounts, RunResult
+from etl.report import RunResult
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -113,19 +113,6 @@ def use_format(log_format: LogFormat) -> None:
     handler = console_handler()
     if handler is not None:
         handler.setFormatter(formatter_for(log_format))
-
-
-def counts_dict(counts: BatchCounts) -> dict[str, int | None]:
-    return {
-        "pages": counts.pages,
-        "fetched": counts.fetched,
-        "inserted": counts.inserted,
-        "updated": counts.updated,
-        "unchanged": counts.unchanged,
-        "removed": counts.removed,
-        "rejected": counts.rejected,
-        "api_total": counts.api_total,
-    }
 
 
 def run_totals(result: RunResult) -> dict[str, int]:

@@ -409,7 +409,7 @@ def _sync_locked(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult
             "batch %s skipped: %s",
             batch.batch_id,
             note,
-            extra=run.log_extra(batch, event="batch_locked", counts=_counts_dict(counts)),
+            extra=run.log_extra(batch, event="batch_locked", counts=counts.as_dict()),
         )
         return BatchResult(batch, BatchStatus.LOCKED, counts, note=note)
     try:
@@ -439,7 +439,7 @@ def _sync_batch(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult:
                 "batch %s: %s",
                 batch.batch_id,
                 note,
-                extra=run.log_extra(batch, event="batch_removed", counts=_counts_dict(counts)),
+                extra=run.log_extra(batch, event="batch_removed", counts=counts.as_dict()),
             )
             return BatchResult(batch, BatchStatus.REMOVED, counts, note=note)
         raise NotFound(
@@ -461,7 +461,7 @@ def _sync_batch(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult:
             "batch %s skipped: %s",
             batch.batch_id,
             note,
-            extra=run.log_extra(batch, event="batch_skipped", counts=_counts_dict(counts)),
+            extra=run.log_extra(batch, event="batch_skipped", counts=counts.as_dict()),
         )
         return BatchResult(batch, BatchStatus.SKIPPED, counts, note=note)
 
@@ -477,7 +477,7 @@ def _sync_batch(run: _Run, target: _Target, counts: BatchCounts) -> BatchResult:
         counts.updated,
         counts.unchanged,
         counts.removed,
-        extra=run.log_extra(batch, event="batch_synced", counts=_counts_dict(counts)),
+        extra=run.log_extra(batch, event="batch_synced", counts=counts.as_dict()),
     )
     return BatchResult(batch, BatchStatus.SUCCEEDED, counts)
 
@@ -625,19 +625,6 @@ def _prefetched(pages: Iterator[Page], stop: threading.Event) -> Iterator[Page]:
         done.set()
 
 
-def _counts_dict(counts: BatchCounts) -> dict[str, int | None]:
-    return {
-        "pages": counts.pages,
-        "fetched": counts.fetched,
-        "inserted": counts.inserted,
-        "updated": counts.updated,
-        "unchanged": counts.unchanged,
-        "removed": counts.removed,
-        "rejected": counts.rejected,
-        "api_total": counts.api_total,
-    }
-
-
 def _failed(
     run: _Run, batch: BatchRef, counts: BatchCounts, error: str, *, exc_info: bool = False
 ) -> BatchResult:
@@ -646,7 +633,7 @@ def _failed(
         batch.batch_id,
         error,
         exc_info=exc_info,
-        extra=run.log_extra(batch, event="batch_failed", counts=_counts_dict(counts)),
+        extra=run.log_extra(batch, event="batch_failed", counts=counts.as_dict()),
     )
     return BatchResult(batch=batch, status=BatchStatus.FAILED, counts=counts, error=error)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from etl.config import BatchRef
-from etl.logs import ConsoleHandler, counts_dict
+from etl.logs import ConsoleHandler
 from etl.report import BatchCounts
 
 log = logging.getLogger("etl.progress")
@@ -220,7 +220,7 @@ class LogProgress:
         self.logger.info(
             "progress: %s",
             message,
-            extra={"batch_id": batch.batch_id, "event": "progress", "counts": counts_dict(counts)},
+            extra={"batch_id": batch.batch_id, "event": "progress", "counts": counts.as_dict()},
         )
 
     def close(self) -> None:

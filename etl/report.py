@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -57,6 +58,10 @@ class BatchCounts:
     removed: int = 0
     rejected: int = 0
     api_total: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        """The counts by name, for JSON logs, XComs and `runs --json`."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(slots=True)

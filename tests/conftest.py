@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from etl import cli
 from etl.extract import client as http_client
-from etl.fake_api import FakeUltravox
+from etl.fake_api import FakeBatch, FakeUltravox
 from etl.load.database import open_engine
 
 POSTGRES_ENV = "ULTRAVOX_ETL_TEST_POSTGRES_URL"
@@ -79,6 +79,12 @@ def engine(database_url: str) -> Iterator[Engine]:
     eng = open_engine(database_url)
     yield eng
     eng.dispose()
+
+
+def add_batch(fake: FakeUltravox, calls: list[dict[str, Any]]) -> FakeBatch:
+    """A batch of hand-made calls; their `batchId` is filled in."""
+    batch_id = str(uuid.uuid4())
+    return fake.add_batch(AGENT_ID, batch_id, [{**c, "batchId": batch_id} for c in calls])
 
 
 def write_config(

@@ -35,6 +35,7 @@ from tests.conftest import (
     AGENT_ID,
     TEST_API_KEY,
     CliResult,
+    add_batch,
     rows,
     run_console_script,
     write_config,
@@ -70,12 +71,6 @@ def config_for(
     return write_config(
         tmp_path / "etl.toml", fake.base_url, refs, database_url=database_url, **api
     )
-
-
-def add_batch(fake: FakeUltravox, calls: list[dict[str, Any]]) -> FakeBatch:
-    """A batch of hand-made calls; their `batchId` is filled in."""
-    batch_id = str(uuid.uuid4())
-    return fake.add_batch(AGENT_ID, batch_id, [{**c, "batchId": batch_id} for c in calls])
 
 
 def call(tag: str, status: str = "FUTURE", **fields: Any) -> dict[str, Any]:

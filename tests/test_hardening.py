@@ -42,7 +42,7 @@ from etl.load.schema import (
     scheduled_call_metadata,
     scheduled_calls,
 )
-from tests.conftest import AGENT_ID, TEST_API_KEY, CliResult, rows, write_config
+from tests.conftest import AGENT_ID, TEST_API_KEY, CliResult, add_batch, rows, write_config
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view, expected_medium_type
 
 SCRIPT = Path(sys.executable).with_name("ultravox-etl")
@@ -71,12 +71,6 @@ def make_config(
         lines = ["", "[sync]", *(f"{k} = {json.dumps(v)}" for k, v in sync.items())]
         path.write_text(path.read_text() + "\n".join(lines) + "\n")
     return path
-
-
-def add_batch(fake: FakeUltravox, calls: list[dict[str, Any]]) -> FakeBatch:
-    """A batch of hand-made calls; their `batchId` is filled in."""
-    batch_id = str(uuid.uuid4())
-    return fake.add_batch(AGENT_ID, batch_id, [{**c, "batchId": batch_id} for c in calls])
 
 
 def call(tag: str, status: str = "FUTURE", **fields: Any) -> dict[str, Any]:
