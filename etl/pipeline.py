@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +64,7 @@ Progress = Callable[[BatchRef, BatchCounts], None]
 
 INTERRUPT_GRACE_SECONDS = 5.0
 SCHEMA_LOCK_WAIT_SECONDS = 300.0
-PREFETCH_PAGES = 2
+PREFETCH_PAGES = 1
 
 
 class Interrupted(BaseException):
@@ -105,11 +107,30 @@ def sync(
             upgrade_schema(engine)
         else:
             require_head(engine)
-        return run_sync(
-            config, engine, batch_ids=batch_ids, full=full, strict=strict, progress=progress
-        )
+        with _fewer_collections():
+            return run_sync(
+                config, engine, batch_ids=batch_ids, full=full, strict=strict, progress=progress
+            )
     finally:
         engine.dispose()
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the garbage collector's first threshold for the run, then put it back.
+
+    A sync allocates millions of short-lived objects (parsed pages, rows) and next to no
+    cycles; the default threshold makes Python rescan everything alive over and over
+    (bench/results/log.md: no-change re-sync 10.6 s -> 6.7 s, full sync 16.7 s -> 13.1 s).
+    """
+    previous = gc.get_threshold()
+    gc.freeze()  # what exists before the run is not rescanned during it
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
 
 
 def upgrade_schema(engine: Engine) -> None:
