@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from etl.config import BatchRef
 from etl.fake_api import generate_calls
@@ -289,3 +290,26 @@ def test_a_page_larger_than_one_lookup_chunk_and_rejects(setup: Any) -> None:
     [reject] = fetch(engine, select(r.batch_id, r.page, r.position, r.reason, r.payload))
     assert tuple(reject) == (batch.batch_id, 4, 3, rejects[0].reason, {"metadata": [1]})
     assert rows(engine, "SELECT count(DISTINCT call_key) FROM scheduled_calls") == [(1234,)]
+
+
+def test_a_driver_error_in_a_bulk_statement_is_a_database_error_and_rolls_back(
+    setup: Any,
+) -> None:
+    engine, new_loader, batch = setup
+    # Make the database refuse one kind of child row, as a real constraint would.
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "ALTER TABLE scheduled_call_metadata ADD CONSTRAINT refuse_all CHECK (false)"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_all BEFORE INSERT ON scheduled_call_metadata "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+    records = generate_calls(batch.batch_id, 10, seed=9)
+
+    with pytest.raises(DBAPIError):
+        new_loader().load_page(1, normalized(batch, records))
+
+    assert rows(engine, "SELECT count(*) FROM scheduled_calls")[0][0] == 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ import orjson
 from sqlalchemy import JSON, Connection, DateTime, Engine, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator
 
@@ -472,6 +474,17 @@ class _SqliteBulk(Bulk):
 
 
 _BULK: dict[str, type[Bulk]] = {"postgresql": _PostgresBulk, "sqlite": _SqliteBulk}
+
+
+@contextmanager
+def driver_errors_translated(conn: Connection) -> Iterator[None]:
+    """Bulk statements go to the driver directly (COPY, executemany); their errors become
+    SQLAlchemy's DBAPIError, like every other statement's, so callers handle one kind."""
+    base = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except base as exc:
+        raise DBAPIError.instance(None, None, exc, base) from exc
 
 
 def bulk(conn: Connection) -> Bulk:

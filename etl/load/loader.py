@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, update
 
 from etl.config import BatchRef
-from etl.load.dialect import bulk, json_text, upsert
+from etl.load.dialect import bulk, driver_errors_translated, json_text, upsert
 from etl.load.schema import (
     rejected_records,
     scheduled_batches,
@@ -140,7 +140,7 @@ class BatchLoader:
         """Upsert one page's calls and record its rejects, in one transaction."""
         counts = PageCounts(rejected=len(rejects))
         now = self.clock()
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, driver_errors_translated(conn):
             self._ensure_batch_row(conn, now)
             db = bulk(conn)
             stored: dict[str, _Stored] = {
@@ -183,7 +183,7 @@ class BatchLoader:
         """
         now = self.clock()
         removed = 0
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, driver_errors_translated(conn):
             self._ensure_batch_row(conn, now)
             if complete:
                 db = bulk(conn)
