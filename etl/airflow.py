@@ -40,7 +40,7 @@ from sqlalchemy.engine import URL
 
 from etl.config import API_KEY_ENV, BatchRef, Config, load_config
 from etl.extract.client import UltravoxClient
-from etl.load.database import open_engine
+from etl.load.database import open_engine, upgrade_to_head
 from etl.progress import LogProgress
 from etl.report import BatchStatus, RunResult
 
@@ -134,12 +134,12 @@ def plan_batches(config: Config, *, migrate: bool = True) -> list[BatchRef]:
     "schema"). As in a CLI run, a batch gone from its agent's complete list is marked
     removed. Raises if an agent's list cannot be read, so the task fails and is retried.
     """
-    from etl.pipeline import discover_agent_batches, upgrade_schema
+    from etl.pipeline import discover_agent_batches
 
     engine = open_engine(config.database_url)
     try:
         if migrate:
-            upgrade_schema(engine)
+            upgrade_to_head(engine)
         batches: dict[str, BatchRef] = {b.batch_id: b for b in config.batches}
         if not config.agents:
             return list(batches.values())

@@ -23,9 +23,9 @@ from types import FrameType
 
 from etl import __version__, logs, metrics, progress, runs
 from etl.config import ConfigError, load_config
-from etl.load.database import DatabaseError, open_engine
+from etl.load.database import DatabaseError, open_engine, upgrade_to_head
 from etl.load.dialect import masked
-from etl.pipeline import Interrupted, sync, upgrade_schema
+from etl.pipeline import Interrupted, sync
 from etl.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, summary_lines
 
 log = logging.getLogger("etl")
@@ -232,7 +232,7 @@ def _migrate(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url, require_api_key=False)
     engine = open_engine(config.database_url)
     try:
-        upgrade_schema(engine)
+        upgrade_to_head(engine)
     finally:
         engine.dispose()
     print(f"schema of {masked(engine.url)} is at head")

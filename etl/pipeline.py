@@ -35,15 +35,10 @@ from etl.extract.streams import agent_batch_pages, batch_details, scheduled_call
 from etl.load import batches as batch_store
 from etl.load.call_keys import StoredCallKeys
 from etl.load.database import (
-    DatabaseError,
-    current_revision,
-    head_revision,
     open_engine,
-    reporting_connection_errors,
     require_head,
     upgrade_to_head,
 )
-from etl.load.dialect import masked
 from etl.load.loader import BatchLoader
 from etl.load.locks import Locks, acquire, locks_for
 from etl.normalize import KNOWN_STATUSES, CallKeys, normalize_page
@@ -63,7 +58,6 @@ Progress = Callable[[BatchRef, BatchCounts], None]
 """Called after every loaded page with the batch's running counts (from worker threads)."""
 
 INTERRUPT_GRACE_SECONDS = 5.0
-SCHEMA_LOCK_WAIT_SECONDS = 300.0
 PREFETCH_PAGES = 1
 
 
@@ -104,7 +98,7 @@ def sync(
     engine = open_engine(config.database_url, connections=2 * config.api.concurrency + 2)
     try:
         if migrate:
-            upgrade_schema(engine)
+            upgrade_to_head(engine)
         else:
             require_head(engine)
         with _fewer_collections():
@@ -131,27 +125,6 @@ def _fewer_collections() -> Iterator[None]:
     finally:
         gc.set_threshold(*previous)
         gc.unfreeze()
-
-
-def upgrade_schema(engine: Engine) -> None:
-    """Bring the schema to head, one process at a time (the lock "schema").
-
-    Runs started together on a new database would each create the tables, and all but one
-    fail ("relation already exists"); the others now wait, then find the schema at head.
-    """
-    with reporting_connection_errors(engine):
-        if current_revision(engine) == head_revision():
-            return
-        lock = acquire(locks_for(engine), "schema", SCHEMA_LOCK_WAIT_SECONDS)
-    if lock is None:
-        raise DatabaseError(
-            f"{masked(engine.url)}: another process has been migrating the schema for "
-            f"{SCHEMA_LOCK_WAIT_SECONDS:g}s"
-        )
-    try:
-        upgrade_to_head(engine)
-    finally:
-        lock.release()
 
 
 BatchDetails = dict[str, Any]

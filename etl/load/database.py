@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from etl.load.dialect import configure_engine, masked, normalize_database_url
+from etl.load.locks import acquire, locks_for
 
 log = logging.getLogger(__name__)
 
@@ -81,18 +82,36 @@ def reporting_connection_errors(engine: Engine) -> Iterator[None]:
         raise DatabaseError(f"{masked(engine.url)}: {first_line}") from None
 
 
+SCHEMA_LOCK_WAIT_SECONDS = 300.0
+
+
 def upgrade_to_head(engine: Engine) -> None:
-    """Apply every pending migration in one transaction."""
+    """Apply every pending migration in one transaction, one process at a time.
+
+    Runs started together on a new database would each create the tables and all but one
+    fail ("relation already exists"); under the lock "schema" the others wait, then find
+    the schema at head.
+    """
     with reporting_connection_errors(engine):
-        before = current_revision(engine)
-        head = head_revision()
-        if before == head:
-            log.debug("schema of %s is at head %s", masked(engine.url), head)
+        if current_revision(engine) == head_revision():
+            log.debug("schema of %s is at head", masked(engine.url))
             return
-        cfg = alembic_config()
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        lock = acquire(locks_for(engine), "schema", SCHEMA_LOCK_WAIT_SECONDS)
+        if lock is None:
+            raise DatabaseError(
+                f"{masked(engine.url)}: another process has been migrating the schema for "
+                f"{SCHEMA_LOCK_WAIT_SECONDS:g}s"
+            )
+        try:
+            before, head = current_revision(engine), head_revision()
+            if before == head:
+                return
+            cfg = alembic_config()
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        finally:
+            lock.release()
     log.info("migrated %s from %s to %s", masked(engine.url), before or "empty", head)
 
 
