@@ -212,7 +212,8 @@ class RunRecorder:
                     removed=c.removed,
                     rejected=c.rejected,
                     api_total=c.api_total,
-                    error=result.error or result.note,
+                    error=result.error,
+                    note=result.note,
                     finished_at=self.clock(),
                 )
             )

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, inspect, select
 
-from etl.load.database import open_engine, reporting_connection_errors
+from etl.load.database import open_engine, reporting_connection_errors, require_head
 from etl.load.schema import etl_batch_runs, etl_runs
 from etl.report import RunStatus
 
@@ -29,7 +29,8 @@ class BatchRunRecord:
     counts: dict[str, int]
     api_total: int | None
     error: str | None
-    """The failure, or for a skipped or locked batch the reason (etl_batch_runs.error)."""
+    note: str | None
+    """Why a batch was skipped, locked or found removed (etl_batch_runs.note)."""
     started_at: datetime
     finished_at: datetime | None
 
@@ -66,7 +67,11 @@ def read_history(database_url: str, limit: int = 10) -> list[RunRecord]:
             if not file or file == ":memory:" or not Path(file).exists():
                 return []
         with reporting_connection_errors(engine):
-            return latest_runs(engine, limit) if has_history(engine) else []
+            if not has_history(engine):
+                return []
+        require_head(engine)  # an older schema lacks columns read here: say so plainly
+        with reporting_connection_errors(engine):
+            return latest_runs(engine, limit)
     finally:
         engine.dispose()
 
@@ -102,6 +107,7 @@ def latest_runs(engine: Engine, limit: int = 10) -> list[RunRecord]:
                 counts={name: getattr(row, name) for name in BATCH_COUNTS},
                 api_total=row.api_total,
                 error=row.error,
+                note=row.note,
                 started_at=row.started_at,
                 finished_at=row.finished_at,
             )
@@ -175,8 +181,10 @@ def format_runs(runs: list[RunRecord]) -> list[str]:
                 f"updated={c['updated']} unchanged={c['unchanged']} removed={c['removed']} "
                 f"rejected={c['rejected']}"
             )
+            if b.note:
+                batch_line += f" ({b.note})"
             if b.error:
-                batch_line += f" ({b.error})"
+                batch_line += f" error: {b.error}"
             lines.append(batch_line)
     return lines
 
@@ -205,6 +213,7 @@ def runs_as_json(runs: list[RunRecord]) -> str:
                     "status": b.status,
                     "counts": {**b.counts, "api_total": b.api_total},
                     "error": b.error,
+                    "note": b.note,
                     "started_at": _iso(b.started_at),
                     "finished_at": _iso(b.finished_at),
                 }

@@ -634,10 +634,12 @@ def test_an_ended_batch_with_all_calls_final_costs_one_request_until_sync_full(
     b = etl_batch_runs.c
     recorded = fetch(
         engine,
-        select(b.status, b.pages, b.error).where(b.run_id == 3).where(b.batch_id == batch.batch_id),
+        select(b.status, b.pages, b.error, b.note)
+        .where(b.run_id == 3)
+        .where(b.batch_id == batch.batch_id),
     )
     assert [tuple(r) for r in recorded] == [
-        ("skipped", 0, "ended; all 25 stored calls are final (sync --full lists it anyway)")
+        ("skipped", 0, None, "ended; all 25 stored calls are final (sync --full lists it anyway)")
     ]
     fake_api.requests.clear()
 

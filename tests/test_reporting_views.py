@@ -325,12 +325,12 @@ def expected_results(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         "Calls per campaign, from the metadata rows": by_campaign,
         "Calls per campaign, from the metadata JSON": by_campaign,
         "What the last runs did": [
-            (2, "succeeded", SPRING, "succeeded", 6, 0, 4, 1, None),
-            (2, "succeeded", AUTUMN, "skipped", 0, 0, 0, 0, SKIP_NOTE),
-            (2, "succeeded", EMPTY, "succeeded", 0, 0, 0, 0, None),
-            (1, "succeeded", SPRING, "succeeded", 7, 7, 0, 0, None),
-            (1, "succeeded", AUTUMN, "succeeded", 3, 3, 0, 0, None),
-            (1, "succeeded", EMPTY, "succeeded", 0, 0, 0, 0, None),
+            (2, "succeeded", SPRING, "succeeded", 6, 0, 4, 1, None, None),
+            (2, "succeeded", AUTUMN, "skipped", 0, 0, 0, 0, None, SKIP_NOTE),
+            (2, "succeeded", EMPTY, "succeeded", 0, 0, 0, 0, None, None),
+            (1, "succeeded", SPRING, "succeeded", 7, 7, 0, 0, None, None),
+            (1, "succeeded", AUTUMN, "succeeded", 3, 3, 0, 0, None, None),
+            (1, "succeeded", EMPTY, "succeeded", 0, 0, 0, 0, None, None),
         ],
     }
 

@@ -85,6 +85,7 @@ etl_batch_runs = Table(
     Column("rejected", Integer, nullable=False, default=0),
     Column("api_total", Integer),
     Column("error", Text),
+    Column("note", Text),  # why a batch was skipped, locked or found removed; not an error
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
 )
