@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -266,22 +266,35 @@ class RunRecorder:
 _DONE = (BatchStatus.SUCCEEDED, BatchStatus.SKIPPED, BatchStatus.REMOVED)
 
 
+def batch_line(
+    batch_id: str,
+    status: str,
+    counts: Mapping[str, int | None],
+    *,
+    note: str | None = None,
+    error: str | None = None,
+) -> str:
+    """One batch's outcome as the summary and `runs` print it."""
+    total = "?" if counts.get("api_total") is None else str(counts["api_total"])
+    line = (
+        f"batch {batch_id}: {status}: pages={counts['pages']} "
+        f"fetched={counts['fetched']}/{total} inserted={counts['inserted']} "
+        f"updated={counts['updated']} unchanged={counts['unchanged']} "
+        f"removed={counts['removed']} rejected={counts['rejected']}"
+    )
+    if note:
+        line += f" ({note})"
+    if error:
+        line += f" error: {error}"
+    return line
+
+
 def summary_lines(run: RunResult) -> list[str]:
     """One line per batch, then one for the run."""
-    lines = []
-    for b in run.batches:
-        c = b.counts
-        total = "?" if c.api_total is None else str(c.api_total)
-        line = (
-            f"batch {b.batch.batch_id}: {b.status.value}: pages={c.pages} "
-            f"fetched={c.fetched}/{total} inserted={c.inserted} updated={c.updated} "
-            f"unchanged={c.unchanged} removed={c.removed} rejected={c.rejected}"
-        )
-        if b.note:
-            line += f" ({b.note})"
-        if b.error:
-            line += f" error: {b.error}"
-        lines.append(line)
+    lines = [
+        batch_line(b.batch.batch_id, b.status.value, b.counts.as_dict(), note=b.note, error=b.error)
+        for b in run.batches
+    ]
     done = sum(b.status in _DONE for b in run.batches)
     run_line = f"run {run.run_id}: {run.status.value}: {done} of {len(run.batches)} batches synced"
     locked = sum(b.status is BatchStatus.LOCKED for b in run.batches)

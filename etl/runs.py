@@ -15,7 +15,7 @@ from sqlalchemy import Engine, inspect, select
 
 from etl.load.database import open_engine, reporting_connection_errors, require_head
 from etl.load.schema import etl_batch_runs, etl_runs
-from etl.report import RunStatus
+from etl.report import RunStatus, batch_line
 
 RUN_COUNTS = ("fetched", "inserted", "updated", "unchanged", "removed", "rejected")
 BATCH_COUNTS = ("pages", "fetched", "inserted", "updated", "unchanged", "removed", "rejected")
@@ -173,19 +173,10 @@ def format_runs(runs: list[RunRecord]) -> list[str]:
             line += f"; error: {run.error}"
         lines.append(line)
         for b in run.batches:
-            total = "?" if b.api_total is None else str(b.api_total)
-            c = b.counts
-            batch_line = (
-                f"  batch {b.batch_id}: {b.status}: pages={c['pages']} "
-                f"fetched={c['fetched']}/{total} inserted={c['inserted']} "
-                f"updated={c['updated']} unchanged={c['unchanged']} removed={c['removed']} "
-                f"rejected={c['rejected']}"
+            counts = {**b.counts, "api_total": b.api_total}
+            lines.append(
+                "  " + batch_line(b.batch_id, b.status, counts, note=b.note, error=b.error)
             )
-            if b.note:
-                batch_line += f" ({b.note})"
-            if b.error:
-                batch_line += f" error: {b.error}"
-            lines.append(batch_line)
     return lines
 
 
