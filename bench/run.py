@@ -94,15 +94,16 @@ def _settings(spec: dict[str, Any]) -> Any:
 def _fetch_only(spec: dict[str, Any]) -> dict[str, Any]:
     from etl.config import BatchRef
     from etl.extract.client import UltravoxClient
-    from etl.extract.streams import scheduled_call_pages
+    from etl.extract.endpoints import batch_listing_pages
 
     settings = _settings(spec)
 
     def walk(client: UltravoxClient, batch_id: str) -> int:
         ref = BatchRef(spec["agent_id"], batch_id)
-        return sum(
-            len(p.results) for p in scheduled_call_pages(client, ref, page_size=settings.page_size)
+        pages = batch_listing_pages(
+            client, ref, "scheduled_calls", {}, page_size=settings.page_size, where=batch_id
         )
+        return sum(len(p.results) for p in pages)
 
     with UltravoxClient(settings, spec["api_key"]) as client:
         start = time.perf_counter()

@@ -23,11 +23,11 @@ __all__ = ["RunResult", "__version__", "load_config", "sync"]
 if TYPE_CHECKING:
     from etl.config import load_config
     from etl.pipeline import sync
-    from etl.report import RunResult
+    from etl.report.results import RunResult
 
 _LAZY = {
     "sync": "etl.pipeline",
-    "RunResult": "etl.report",
+    "RunResult": "etl.report.results",
     "load_config": "etl.config",
 }
 

@@ -39,10 +39,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from sqlalchemy.engine import URL
 
 from etl.config import API_KEY_ENV, BatchRef, Config, load_config
-from etl.extract.client import UltravoxClient
+from etl.domain import BatchStatus
+from etl.extract.client import ApiError, UltravoxClient
 from etl.load.database import open_engine, upgrade_to_head
-from etl.progress import LogProgress
-from etl.report import BatchStatus, RunResult
+from etl.report.progress import LogProgress
+from etl.report.results import RunResult
 
 if TYPE_CHECKING:
     from airflow.sdk import DAG  # type: ignore[import-not-found, unused-ignore]
@@ -128,29 +129,24 @@ def batch_from_xcom(value: Mapping[str, Any]) -> BatchRef:
 
 
 def plan_batches(config: Config, *, migrate: bool = True) -> list[BatchRef]:
-    """The batches one DAG run syncs: `[[batches]]`, then each of `[[agents]]`'s, each once.
+    """The batches one DAG run syncs: the same plan as a CLI run (etl.pipeline.targets).
 
     Brings the schema to head first (`migrate`; one process at a time, under the lock
     "schema"). As in a CLI run, a batch gone from its agent's complete list is marked
     removed. Raises if an agent's list cannot be read, so the task fails and is retried.
     """
-    from etl.pipeline import discover_agent_batches
+    from etl.pipeline.targets import mark_gone_batches_removed, plan_targets
 
     engine = open_engine(config.database_url)
     try:
         if migrate:
             upgrade_to_head(engine)
-        batches: dict[str, BatchRef] = {b.batch_id: b for b in config.batches}
-        if not config.agents:
-            return list(batches.values())
         with UltravoxClient(config.api, config.api_key) as client:
-            for agent in config.agents:
-                listed = discover_agent_batches(
-                    client, engine, agent, page_size=config.api.page_size, now=datetime.now(UTC)
-                )
-                for batch_id in listed:
-                    batches.setdefault(batch_id, BatchRef(agent.agent_id, batch_id, agent.statuses))
-        return list(batches.values())
+            plan = plan_targets(config, engine, client)
+        if plan.errors:
+            raise ApiError("; ".join(plan.errors))
+        mark_gone_batches_removed(engine, plan, datetime.now(UTC))
+        return [target.batch for target in plan.targets]
     finally:
         engine.dispose()
 
@@ -177,6 +173,7 @@ def batch_outcome(result: RunResult, batch: BatchRef) -> BatchOutcome:
         "batch_id": batch.batch_id,
         "status": mine.status.value if mine else None,
         "counts": mine.counts.as_dict() if mine else None,
+        "streams": {s.stream: s.counts.as_dict() for s in mine.streams} if mine else None,
         "note": mine.note if mine else None,
         "error": (mine.error if mine else None) or result.error,
     }

@@ -1,11 +1,7 @@
-"""Command line: `ultravox-etl sync | migrate | runs | demo`. Wiring only; the work is elsewhere.
+"""Command line: `ultravox-etl sync | migrate | runs | demo | fake-api`. Wiring only.
 
-Exit codes: 0 every batch synced; 1 a batch or the run failed (the other batches still
-committed); 2 a usage or configuration error, before anything was written; 75 every batch
-was being synced by another run (try later); 128+N stopped by signal N (SIGTERM: 143).
-
-Logging (etl.logs), progress (etl.progress), run history (etl.runs) and the metrics file
-(etl.metrics) live in their own modules.
+Logging and progress (etl.report.logs, etl.report.progress), run history
+(etl.report.history) and the metrics file (etl.report.metrics) live in their own modules.
 """
 
 from __future__ import annotations
@@ -21,58 +17,93 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-from etl import __version__, logs, metrics, progress, runs
-from etl.config import ConfigError, load_config
-from etl.load.database import DatabaseError, open_engine, upgrade_to_head
-from etl.load.dialect import masked
+from etl import __version__
+from etl.config import API_KEY_ENV, DATABASE_URL_ENV, UUID_PATTERN, ConfigError, load_config
+from etl.domain import EXIT_FAILED, EXIT_OK, EXIT_TRY_LATER, EXIT_USAGE
+from etl.load.database import DatabaseError, describe, open_engine, upgrade_to_head
 from etl.pipeline import Interrupted, sync
-from etl.report import EXIT_FAILED, EXIT_OK, EXIT_USAGE, RunResult, summary_lines
+from etl.report import history, logs, metrics, progress
+from etl.report.results import RunResult
+from etl.report.summary import summary_lines
 
 log = logging.getLogger("etl")
+
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every batch synced (or skipped as complete, or found removed)
+  {EXIT_FAILED}    a batch or the run failed (the other batches committed), the API key was
+       refused, the API was unreachable, or the database could not be used
+  {EXIT_USAGE}    usage or configuration error; nothing was written
+  {EXIT_TRY_LATER}   nothing failed, but a batch was being synced by another run: try later
+  128+N  stopped by signal N (SIGINT 130, SIGTERM 143)"""
+_DATABASE_HELP = f"""The database URL comes from --database-url, else ${DATABASE_URL_ENV}, else the
+config's [database] url: sqlite:///file.db, postgresql://user:pw@host/db or
+mysql+pymysql://user:pw@host/db."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ultravox-etl",
-        description="Sync Ultravox scheduled call batches into SQLite or PostgreSQL.",
+        description="Sync Ultravox scheduled call batches and the calls they created into "
+        "SQLite, PostgreSQL or MariaDB/MySQL, for reporting with plain SQL.",
+        epilog=f"Run `ultravox-etl COMMAND --help` for each command.\n\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        default="text",
+        help="text (default), or json: one JSON object per line on stderr, for log shippers",
+    )
     verbosity = argparse.ArgumentParser(add_help=False)
     group = verbosity.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every page")
     group.add_argument(
         "-q", "--quiet", action="store_true", help="log only errors (the summary still prints)"
     )
-    verbosity.add_argument(
-        "--log-format",
-        choices=logs.LOG_FORMATS,
-        default="text",
-        help="text (default) or json: one JSON object per line, for log shippers",
-    )
-
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
     database.add_argument(
         "--database-url",
         metavar="URL",
-        help="overrides [database] url and ULTRAVOX_ETL_DATABASE_URL",
+        help=f"overrides [database] url and ${DATABASE_URL_ENV}",
     )
 
-    sync_cmd = commands.add_parser(
-        "sync", parents=[database, verbosity], help="sync the configured batches"
+    def command(
+        name: str, summary: str, description: str, parents: list[argparse.ArgumentParser]
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=parents,
+            help=summary,
+            description=description,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    sync_cmd = command(
+        "sync",
+        "sync the configured batches",
+        "Bring the schema to head, then list every scheduled call (and every call it "
+        "created) of the configured batches and of the batches of the configured agents, "
+        f"and upsert them. The API key comes from ${API_KEY_ENV}, never from a file or "
+        f"the command line. {_DATABASE_HELP} One summary line per batch goes to stdout.",
+        [database, verbosity, logging_options],
     )
     sync_cmd.add_argument(
         "--batch",
         action="append",
+        type=_batch_id,
         metavar="BATCH_ID",
-        help="sync only this batch (repeatable); it must be configured or listed for an agent",
+        help="sync only this batch (repeatable): a UUID in [[batches]] or listed for an agent",
     )
     sync_cmd.add_argument(
         "--full",
         action="store_true",
-        help="list every batch, even those that ended with all calls final",
+        help="also list batches that ended with everything stored final",
     )
     sync_cmd.add_argument("--strict", action="store_true", help="a rejected record fails its batch")
     sync_cmd.add_argument(
@@ -87,20 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="write Prometheus metrics of the run to PATH (atomically), "
         "e.g. for node_exporter's textfile collector",
     )
-    commands.add_parser(
-        "migrate", parents=[database, verbosity], help="bring the database schema to head"
+    command(
+        "migrate",
+        "bring the database schema to head",
+        f"Apply every pending migration, one process at a time. Needs no API key. {_DATABASE_HELP}",
+        [database, logging_options],
     )
-    runs_cmd = commands.add_parser(
+    runs_cmd = command(
         "runs",
-        parents=[database, verbosity],
-        help="show the latest runs and what each did to each batch",
+        "show the latest runs and what each did to each batch",
+        "Read etl_runs, etl_batch_runs and etl_stream_runs; writes nothing and needs no "
+        f"API key. {_DATABASE_HELP}",
+        [database, logging_options],
     )
     runs_cmd.add_argument(
         "--limit", type=_positive_int, default=10, metavar="N", help="runs to show (default 10)"
     )
     runs_cmd.add_argument("--json", action="store_true", help="print a JSON array instead")
-    demo = commands.add_parser(
-        "demo", parents=[verbosity], help="sync from a built-in fake Ultravox API into SQLite"
+    demo = command(
+        "demo",
+        "sync from a built-in fake Ultravox API into SQLite",
+        "Start the fake Ultravox API on localhost, sync its three batches into a SQLite file "
+        "and print calls per status and the outcome of each batch. No account or key needed.",
+        [verbosity, logging_options],
     )
     demo.add_argument(
         "--database-url",
@@ -108,6 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="where the demo loads (default: %(default)s)",
     )
+    try:  # FAKE-API-MERGE: until the fake API subpackage lands
+        from etl.fake_api import cli as fake_api_cli  # type: ignore[attr-defined]
+    except ImportError:
+        return parser
+    fake_api = commands.add_parser(
+        "fake-api",
+        help="serve a fake Ultravox API to try the job against",
+        description=fake_api_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fake_api_cli.add_arguments(fake_api)
     return parser
 
 
@@ -121,9 +172,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _batch_id(text: str) -> str:
+    if not UUID_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a batch id (a UUID)")
+    return text.lower()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+    if args.command == "fake-api":
+        from etl.fake_api import cli as fake_api_cli
+
+        return fake_api_cli.run(args)
+    logs.configure(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
     logs.use_format(args.log_format)
     try:
         with _signals_interrupt():
@@ -137,14 +198,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(args.database_url)
     except ConfigError as exc:
-        print(f"ultravox-etl: config error: {exc}", file=sys.stderr)
+        logs.fatal(f"config error: {exc}")
         return EXIT_USAGE
     except DatabaseError as exc:
-        print(f"ultravox-etl: database error: {exc}", file=sys.stderr)
+        logs.fatal(f"database error: {exc}")
         return EXIT_FAILED
     except (Interrupted, KeyboardInterrupt) as exc:
         signum = _signal_of(exc)
-        print(f"ultravox-etl: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        logs.fatal(f"stopped by {signal.Signals(signum).name}")
         return 128 + int(signum)
 
 
@@ -156,8 +217,12 @@ def _sync(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url)
     metrics_file: Path | None = args.metrics_file
     if metrics_file is not None and not metrics_file.parent.is_dir():
-        raise ConfigError(f"--metrics-file {metrics_file}: {metrics_file.parent} is not a folder")
-    log.info("database %s", masked(config.database_url))
+        raise ConfigError(
+            f"--metrics-file {metrics_file}: the folder {metrics_file.parent} does not exist"
+        )
+    engine = open_engine(config.database_url)  # a URL this job cannot use fails here, exit 2
+    log.info("database %s", describe(engine))
+    engine.dispose()
     reporter = progress.reporter_for(
         sys.stderr,
         quiet=args.quiet,
@@ -219,11 +284,11 @@ def _write_metrics(write: Callable[[], object]) -> bool:
 
 def _runs(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url, require_api_key=False)
-    history = runs.read_history(config.database_url, args.limit)
+    records = history.read_history(config.database_url, args.limit)
     if args.json:
-        print(runs.runs_as_json(history))
+        print(history.runs_as_json(records))
     else:
-        for line in runs.format_runs(history):
+        for line in history.format_runs(records):
             print(line)
     return EXIT_OK
 
@@ -233,9 +298,10 @@ def _migrate(args: argparse.Namespace) -> int:
     engine = open_engine(config.database_url)
     try:
         upgrade_to_head(engine)
+        where = describe(engine)
     finally:
         engine.dispose()
-    print(f"schema of {masked(engine.url)} is at head")
+    print(f"schema of {where} is at head")
     return EXIT_OK
 
 
@@ -260,8 +326,3 @@ def _signals_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    # Our own loggers speak at the chosen level; libraries only when something is wrong.
-    logs.configure(verbose=verbose, quiet=quiet)

@@ -52,6 +52,8 @@ class SyncSettings:
     """How long a run waits for a batch another run is syncing before it skips it."""
     strict: bool = False
     """A batch with a rejected record fails instead of loading the rest."""
+    created_calls: bool = False  # TEMP-UNTIL-FAKE
+    """Also list the calls each batch created, with their outcomes (table `calls`)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ _API_KEYS: dict[str, type] = {
     "max_requests_per_second": float,
     "concurrency": int,
 }
-_SYNC_KEYS: dict[str, type] = {"lock_wait_seconds": float, "strict": bool}
+_SYNC_KEYS: dict[str, type] = {"lock_wait_seconds": float, "strict": bool, "created_calls": bool}
 _TOP_LEVEL_KEYS = {"api", "database", "sync", "batches", "agents"}
 _DATABASE_KEYS = {"url"}
 _BATCH_KEYS = {"agent_id", "batch_id", "statuses"}
@@ -104,7 +106,7 @@ STATUS_FILTER_VALUES = ("FUTURE", "PENDING", "SUCCESS", "EXPIRED", "ERROR")
 # The canonical 8-4-4-4-12 form only. uuid.UUID alone is too lenient: it drops every "-",
 # "{}", "urn:uuid:", and int(..., 16) accepts a sign or whitespace, so "+" followed by 31
 # hex digits silently became a different UUID instead of a config error.
-_UUID_RE = re.compile(
+UUID_PATTERN = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 
@@ -299,7 +301,7 @@ def _uuid(entry: Mapping[str, Any], key: str, source: str, where: str) -> str:
         raise ConfigError(f"{source}: {where}: missing {key}")
     value = entry[key]
     try:
-        if not isinstance(value, str) or not _UUID_RE.fullmatch(value):
+        if not isinstance(value, str) or not UUID_PATTERN.fullmatch(value):
             raise ValueError
         return str(uuid.UUID(value))
     except ValueError:

@@ -12,8 +12,7 @@ from sqlalchemy import Engine, func, select
 from etl.cli import print_summary
 from etl.config import ApiSettings, BatchRef, Config
 from etl.fake_api import FakeUltravox, generate_calls
-from etl.load.database import open_engine, upgrade_to_head
-from etl.load.dialect import masked
+from etl.load.database import describe, open_engine, upgrade_to_head
 from etl.load.schema import scheduled_calls
 from etl.pipeline import run_sync
 
@@ -44,7 +43,7 @@ def run_demo(database_url: str) -> int:
         try:
             upgrade_to_head(engine)
             log.info(
-                "demo: fake Ultravox API at %s, loading into %s", fake.base_url, masked(engine.url)
+                "demo: fake Ultravox API at %s, loading into %s", fake.base_url, describe(engine)
             )
             run = run_sync(config, engine)
             print_summary(run)

@@ -7,6 +7,7 @@ server cannot be reached, they fail rather than skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from etl import cli
 from etl.extract import client as http_client
 from etl.fake_api import FakeBatch, FakeUltravox
 from etl.load.database import open_engine
+from etl.report import logs
 
 POSTGRES_ENV = "ULTRAVOX_ETL_TEST_POSTGRES_URL"
 TEST_API_KEY = "test-key-7f3a9c1e-do-not-log"
@@ -135,6 +137,24 @@ def run_cli(
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def capture_all_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> Any:
+    """Every logger at DEBUG (urllib3 and SQLAlchemy too, tracebacks included) is captured
+    in `caplog` during run_cli, not only what -v prints: for the secret scans."""
+    configure = logs.configure
+
+    def configure_and_capture(**kwargs: Any) -> Any:
+        handler = configure(**kwargs)
+        logging.getLogger().addHandler(caplog.handler)
+        logging.getLogger().setLevel(logging.DEBUG)
+        return handler
+
+    monkeypatch.setattr(logs, "configure", configure_and_capture)
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="sqlalchemy")  # every statement and row
+    return caplog
 
 
 def run_console_script(*args: str, env: dict[str, str] | None = None) -> CliResult:

@@ -34,10 +34,11 @@ from etl.airflow import (
     plan_batches,
 )
 from etl.config import BatchRef, load_config
+from etl.domain import BatchStatus, RunStatus, StreamCounts
 from etl.fake_api import FakeUltravox
-from etl.load.locks import locks_for
+from etl.load.database import locks_for
 from etl.load.schema import etl_batch_runs, scheduled_batches
-from etl.report import BatchCounts, BatchResult, BatchStatus, RunResult, RunStatus
+from etl.report.results import BatchResult, RunResult, StreamResult
 from tests.conftest import AGENT_ID, TEST_API_KEY, rows, write_config
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view
 
@@ -141,7 +142,14 @@ def test_a_batch_outcome_maps_to_done_try_later_or_failed(
     result.error = run_error
     if status is not None:
         note = "another run is syncing it" if status is BatchStatus.LOCKED else None
-        result.batches.append(BatchResult(ref, status, BatchCounts(pages=2, fetched=15), note=note))
+        result.batches.append(
+            BatchResult(
+                ref,
+                status,
+                [StreamResult("scheduled_calls", StreamCounts(pages=2, fetched=15))],
+                note=note,
+            )
+        )
 
     outcome = batch_outcome(result, ref)
 

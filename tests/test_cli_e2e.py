@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, inspect, select
 
-from etl import cli
 from etl.fake_api import ALL_MEDIUM_KEYS, FakeBatch, FakeUltravox
 from etl.load.database import head_revision
 from etl.load.schema import (
@@ -410,8 +408,8 @@ def test_a_multi_page_batch_loads_every_call_exactly_once(
     )
     assert (batch_run.inserted, batch_run.updated, batch_run.unchanged) == (47, 0, 0)
     assert summary_line(batch, result) == (
-        f"batch {batch.batch_id}: succeeded: pages=10 fetched=47/47 inserted=47 updated=0 "
-        "unchanged=0 removed=0 rejected=0"
+        f"batch {batch.batch_id}: succeeded: scheduled_calls pages=10 fetched=47/47 "
+        "inserted=47 updated=0 unchanged=0 removed=0 rejected=0"
     )
 
 
@@ -455,8 +453,8 @@ def test_a_rerun_that_changes_nothing_rewrites_no_row(
     assert snapshot(engine) == before
     assert fetch(engine, select(scheduled_batches.c.first_seen_at)) == batch_row
     assert summary_line(batch, second) == (
-        f"batch {batch.batch_id}: succeeded: pages=5 fetched=45/45 inserted=0 updated=0 "
-        "unchanged=45 removed=0 rejected=0"
+        f"batch {batch.batch_id}: succeeded: scheduled_calls pages=5 fetched=45/45 "
+        "inserted=0 updated=0 unchanged=45 removed=0 rejected=0"
     )
     assert [(r.status, r.calls_inserted, r.calls_unchanged) for r in runs(engine)] == [
         ("succeeded", 45, 0),
@@ -557,7 +555,7 @@ def test_a_listing_that_disagrees_with_the_api_total_marks_nothing_removed(
     last = batch_runs(engine, batch.batch_id)[-1]
     assert (last.fetched, last.api_total, last.removed) == (4, 5, 0)
     assert "fetched=4/5" in summary_line(batch, second)
-    assert "no call is marked removed" in second.stderr
+    assert "no record is marked removed" in second.stderr
 
     # The next consistent listing does remove it.
     third = run_cli("sync", "--config", str(config))
@@ -601,8 +599,8 @@ def test_a_transient_failure_is_retried_and_all_data_loads(
         # The default backoff: 0.5 s, plus up to 0.5 s of jitter.
         assert 0.5 <= retry_waits[0] <= 1.0
     assert summary_line(batch, result) == (
-        f"batch {batch.batch_id}: succeeded: pages=3 fetched=25/25 inserted=25 updated=0 "
-        "unchanged=0 removed=0 rejected=0"
+        f"batch {batch.batch_id}: succeeded: scheduled_calls pages=3 fetched=25/25 "
+        "inserted=25 updated=0 unchanged=0 removed=0 rejected=0"
     )
 
 
@@ -619,8 +617,9 @@ def test_a_listing_that_breaks_off_fails_its_batch_and_marks_nothing_removed(
     config = config_for(fake_api, tmp_path, database_url, [batch, other], max_attempts=2)
     assert run_cli("sync", "--config", str(config)).exit_code == 0
     del batch.calls[-3:]
-    fake_api.set_call(batch.batch_id, 0, status="EXPIRED")
-    fake_api.set_call(other.batch_id, 0, status="EXPIRED")
+    placed = str(uuid.uuid4())
+    fake_api.set_call(batch.batch_id, 5, status="SUCCESS", call_id=placed)  # on page 1
+    fake_api.set_call(other.batch_id, 2, status="PENDING")
     # Page 2 of the batch answers 503 to both attempts.
     fake_api.inject(503, times=2, path_contains="cursor=")
 
@@ -635,12 +634,13 @@ def test_a_listing_that_breaks_off_fails_its_batch_and_marks_nothing_removed(
     assert db_view(engine, other.batch_id) == api_view(fake_api, other.batch_id)
     c = scheduled_calls.c
     stored = fetch(
-        engine, select(c.status, c.removed_at).where(c.batch_id == batch.batch_id).order_by(c.id)
+        engine,
+        select(c.status, c.call_id, c.removed_at).where(c.batch_id == batch.batch_id),
     )
     # The committed first page stays; the three calls gone from the API are not removed.
     assert len(stored) == 25
     assert all(r.removed_at is None for r in stored)
-    assert stored[0].status == "EXPIRED"
+    assert ("SUCCESS", placed) in [(r.status, r.call_id) for r in stored]
     assert runs(engine)[-1].status == "partial"
 
 
@@ -705,7 +705,7 @@ def test_a_missing_batch_fails_alone_and_the_run_is_partial(
     assert fetch(engine, select(scheduled_batches.c.batch_id).order_by("batch_id")) == sorted(
         (b.batch_id,) for b in good
     )
-    assert f"batch {missing}: failed:" in result.stdout
+    assert f"batch {missing}: failed; error: " in result.stdout
     assert "run 1: partial: 2 of 3 batches synced" in result.stdout
 
 
@@ -787,7 +787,7 @@ def test_no_sip_password_or_api_key_is_stored_or_logged(
     database_url: str,
     run_cli: Any,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    capture_all_logs: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     batch = add_generated_batch(fake_api, 40, seed=6)
@@ -798,16 +798,6 @@ def test_no_sip_password_or_api_key_is_stored_or_logged(
     fake_api.inject_payload(page_payload([*batch.calls, bad]), path_contains="scheduled_calls")
     config = config_for(fake_api, tmp_path, database_url, [batch], page_size=100)
 
-    # Capture every logger at DEBUG (urllib3's included), not only what -v prints.
-    configure = cli._configure_logging
-
-    def configure_and_capture(verbose: bool, quiet: bool) -> None:
-        configure(verbose, quiet)
-        logging.getLogger().addHandler(caplog.handler)
-        logging.getLogger().setLevel(logging.DEBUG)
-
-    monkeypatch.setattr(cli, "_configure_logging", configure_and_capture)
-    caplog.set_level(logging.DEBUG)
     result = run_cli("sync", "-v", "--config", str(config))
 
     assert result.exit_code == 0, result.stderr
@@ -819,9 +809,12 @@ def test_no_sip_password_or_api_key_is_stored_or_logged(
     assert TEST_API_KEY not in dumped
     assert batch.webhook_secret and batch.webhook_secret not in dumped
     logged = "\n".join(
-        [*(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records), result.stderr]
+        [
+            *(f"{r.name} {r.getMessage()} {r.args!r}" for r in capture_all_logs.records),
+            result.stderr,
+        ]
     )
-    assert "urllib3" in {r.name.split(".")[0] for r in caplog.records}
+    assert "urllib3" in {r.name.split(".")[0] for r in capture_all_logs.records}
     assert "page 1 with 41 results" in logged
     for output in (logged, result.stdout):
         assert SIP_PASSWORD_MARK not in output
@@ -879,11 +872,11 @@ def test_the_console_script_prints_a_summary_line_per_batch(
 
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"batch {batches[0].batch_id}: succeeded: pages=3 fetched=25/25 inserted=25 "
+        f"batch {batches[0].batch_id}: succeeded: scheduled_calls pages=3 fetched=25/25 "
+        "inserted=25 updated=0 unchanged=0 removed=0 rejected=0",
+        f"batch {batches[1].batch_id}: succeeded: scheduled_calls pages=1 fetched=7/7 inserted=7 "
         "updated=0 unchanged=0 removed=0 rejected=0",
-        f"batch {batches[1].batch_id}: succeeded: pages=1 fetched=7/7 inserted=7 "
-        "updated=0 unchanged=0 removed=0 rejected=0",
-        f"batch {batches[2].batch_id}: succeeded: pages=1 fetched=0/0 inserted=0 "
+        f"batch {batches[2].batch_id}: succeeded: scheduled_calls pages=1 fetched=0/0 inserted=0 "
         "updated=0 unchanged=0 removed=0 rejected=0",
         "run 1: succeeded: 3 of 3 batches synced",
     ]

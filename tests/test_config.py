@@ -514,7 +514,7 @@ def test_defaults_of_the_newer_settings(tmp_path: Path) -> None:
         ("[sync]\nlock_wait_seconds = -1\n", "[sync] lock_wait_seconds: must not be negative"),
         (
             "[sync]\nwait = 1\n",
-            "[sync] unknown key 'wait' (expected one of: lock_wait_seconds, strict)",
+            "[sync] unknown key 'wait' (expected one of: created_calls, lock_wait_seconds, strict)",
         ),
         ("[api]\nconcurrency = 0\n", "[api] concurrency: must be at least 1"),
         (

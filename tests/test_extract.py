@@ -26,9 +26,9 @@ from etl.extract.client import (
     UltravoxClient,
     parse_retry_after,
 )
+from etl.extract.endpoints import batch_listing_pages
 from etl.extract.pagination import Page, RepeatedCursor
 from etl.extract.ratelimit import RateLimiter
-from etl.extract.streams import scheduled_call_pages
 from etl.fake_api import FakeBatch, FakeUltravox, generate_calls, retry_after_date
 
 KEY = "sk-test-5e1f0c2b-never-print-me"
@@ -109,8 +109,13 @@ def client(fake: FakeUltravox, waits: list[float]) -> Iterator[UltravoxClient]:
 
 
 def pages_of(client: UltravoxClient, batch_id: str = BATCH) -> Iterator[Page]:
-    return scheduled_call_pages(
-        client, BatchRef(AGENT, batch_id), page_size=client.settings.page_size
+    return batch_listing_pages(
+        client,
+        BatchRef(AGENT, batch_id),
+        "scheduled_calls",
+        {},
+        page_size=client.settings.page_size,
+        where=f"batch {batch_id}",
     )
 
 
@@ -188,9 +193,7 @@ def test_exact_multiple_of_page_size_has_no_trailing_empty_page(
 def test_empty_batch_is_one_empty_last_page(fake: FakeUltravox, client: UltravoxClient) -> None:
     fake.add_batch(AGENT, BATCH, [])
     pages = list(pages_of(client))
-    assert pages == [
-        Page(number=1, results=[], total=0, cursor=None, is_last=True, may_hold_nul=False)
-    ]
+    assert pages == [Page(number=1, results=[], total=0, cursor=None, is_last=True, lenient=False)]
     assert len(fake.requests) == 1
 
 
@@ -206,7 +209,11 @@ def test_one_keep_alive_connection_for_many_pages(
 
 def test_listing_ids_are_url_quoted(fake: FakeUltravox, client: UltravoxClient) -> None:
     with pytest.raises(NotFound):
-        list(scheduled_call_pages(client, BatchRef("a/b", "c?d"), page_size=5))
+        list(
+            batch_listing_pages(
+                client, BatchRef("a/b", "c?d"), "scheduled_calls", {}, page_size=5, where="b"
+            )
+        )
     assert fake.requests[0].path == "/api/agents/a%2Fb/scheduled_batches/c%3Fd/scheduled_calls"
 
 
@@ -824,9 +831,7 @@ def test_total_may_be_absent(fake: FakeUltravox, client: UltravoxClient) -> None
     fake.add_batch(AGENT, BATCH, [])
     fake.inject_payload({"results": [{"a": 1}], "next": None})
     assert list(pages_of(client)) == [
-        Page(
-            number=1, results=[{"a": 1}], total=None, cursor=None, is_last=True, may_hold_nul=False
-        )
+        Page(number=1, results=[{"a": 1}], total=None, cursor=None, is_last=True, lenient=False)
     ]
 
 
@@ -924,6 +929,6 @@ def test_nul_hint_follows_the_json_text(fake: FakeUltravox, client: UltravoxClie
     fake.add_batch(AGENT, BATCH, [])
     fake.inject_payload({"results": [{"error": "a\x00b"}], "next": None})
     [page] = pages_of(client)
-    assert page.may_hold_nul is True and page.results == [{"error": "a\x00b"}]
+    assert page.lenient is True and page.results == [{"error": "a\x00b"}]
     [page] = pages_of(client)
-    assert page.may_hold_nul is False
+    assert page.lenient is False

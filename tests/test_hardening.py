@@ -30,9 +30,8 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
-import etl.normalize
-from etl import cli, pipeline
 from etl.fake_api import FakeBatch, FakeUltravox, _Response, retry_after_date
+from etl.load import scheduled_calls as scheduled_call_loader
 from etl.load.schema import (
     etl_batch_runs,
     etl_runs,
@@ -42,6 +41,7 @@ from etl.load.schema import (
     scheduled_call_metadata,
     scheduled_calls,
 )
+from etl.streams import scheduled_calls as scheduled_calls_stream
 from tests.conftest import AGENT_ID, TEST_API_KEY, CliResult, add_batch, rows, write_config
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view, expected_medium_type
 
@@ -390,7 +390,9 @@ def _statement(conn, cursor, statement, parameters, context, executemany):
 
 @event.listens_for(Engine, "commit")
 def _commit(conn):
-    if id(conn) in marked:
+    if mode == "worker-commit" and threading.current_thread().name.startswith(pattern.pattern):
+        _count()
+    elif id(conn) in marked:
         marked.discard(id(conn))
         _count()
 
@@ -398,13 +400,14 @@ def _commit(conn):
 def _rollback(conn):
     marked.discard(id(conn))
 
-import etl.normalize
-from etl import cli, pipeline
+from etl import cli
 sys.exit(cli.main(sys.argv[4:]))
 """
 """`python -c KILL_AT_SQL MODE PATTERN N ARGS…`: the CLI, SIGKILLed just before it sends the
-Nth SQL statement matching PATTERN (MODE `statement`), or just before it commits the Nth
-transaction that sent one (MODE `commit`): that transaction never commits."""
+Nth SQL statement matching PATTERN (MODE `statement`), just before it commits the Nth
+transaction that sent one (MODE `commit`), or just before the Nth commit on a thread whose
+name starts with PATTERN (MODE `worker-commit`: the bulk statements of a page go to the
+driver directly, unseen here): that transaction never commits."""
 
 
 def _default_sigint() -> None:
@@ -512,9 +515,9 @@ def test_a_steady_share_of_faults_is_retried_and_every_call_loads(
         assert db_full_view(engine, batch.batch_id) == api_full_view(fake_api, batch.batch_id)
         pages = -(-len(batch.calls) // 5)
         assert summary_line(batch, result.stdout) == (
-            f"batch {batch.batch_id}: succeeded: pages={pages} fetched={len(batch.calls)}/"
-            f"{len(batch.calls)} inserted={len(batch.calls)} updated=0 unchanged=0 removed=0 "
-            "rejected=0"
+            f"batch {batch.batch_id}: succeeded: scheduled_calls pages={pages} "
+            f"fetched={len(batch.calls)}/{len(batch.calls)} inserted={len(batch.calls)} "
+            "updated=0 unchanged=0 removed=0 rejected=0"
         )
     # Retry-After is obeyed (seconds and HTTP-date forms); other pauses are the bounded backoff.
     assert 3.0 in retry_waits
@@ -682,13 +685,12 @@ def test_a_run_killed_with_sigkill_at_any_point_leaves_a_consistent_database(
     fake_api.latency_seconds = 0
     assert_consistent(engine, fake_api, batches)
 
-    # Each page is loaded in one transaction, which starts by making sure of the batch row.
-    page = r"^INSERT INTO scheduled_batches .*DO NOTHING"
-    # Just before the commit of the second page (or the second finish of a listing).
-    killed_at_sql("commit", page, 2)
+    # Each page is loaded in one transaction on its batch worker's thread (so are the
+    # batch's details and the end of its listing): just before an early commit there...
+    killed_at_sql("worker-commit", "batch-worker", 3)
     assert_consistent(engine, fake_api, batches)
-    # Just before the commit of a later one.
-    killed_at_sql("commit", page, 9)
+    # ...and just before a later one.
+    killed_at_sql("worker-commit", "batch-worker", 12)
     assert 0 < assert_consistent(engine, fake_api, batches) < 180
 
     # After every page, before the run record is closed: all data in, the run left `running`.
@@ -880,12 +882,12 @@ def test_a_run_finding_its_batch_locked_waits_then_skips_it_and_exits_75(
     assert waited >= 0.5
     assert details_requests(fake_api, batch) == 1  # the second run never touched the batch
     line = summary_line(batch, second.stdout)
-    assert line.startswith(f"batch {batch.batch_id}: locked: pages=0 fetched=0/?")
-    assert "another run is syncing it; waited 0.5s, try later" in line
+    assert line.startswith(f"batch {batch.batch_id}: locked (run 1 has been syncing it since ")
+    assert line.endswith("; waited 0.5s, try later)")
     assert "run 2: " in second.stdout and "0 of 1 batches synced, 1 locked by another run" in (
         second.stdout
     )
-    assert f"batch {batch.batch_id} skipped: another run is syncing it" in second.stderr
+    assert f"batch {batch.batch_id} not synced: run 1 has been syncing it" in second.stderr
     assert done.exit_code == 0, done.stderr
     _no_db_trouble(done, second)
     assert db_full_view(engine, batch.batch_id) == api_full_view(fake_api, batch.batch_id)
@@ -1002,8 +1004,7 @@ def test_a_known_batch_that_answers_404_is_marked_removed_and_its_calls_are_kept
 
     assert gone.exit_code == 0, gone.stderr
     assert summary_line(doomed, gone.stdout) == (
-        f"batch {doomed.batch_id}: removed: pages=0 fetched=0/? inserted=0 updated=0 "
-        "unchanged=0 removed=0 rejected=0 (the API no longer has this batch; its calls are kept)"
+        f"batch {doomed.batch_id}: removed (the API no longer has this batch; its calls are kept)"
     )
     assert "run 2: succeeded: 2 of 2 batches synced" in gone.stdout
     b = scheduled_batches.c
@@ -1127,7 +1128,7 @@ def test_listings_that_end_inconsistently_mark_nothing_removed(
             assert f"batch {batch.batch_id}: failed:" in result.stdout
         else:
             warned = [ln for ln in result.stderr.splitlines() if batch.batch_id in ln]
-            assert any("no call is marked removed" in ln for ln in warned), name
+            assert any("no record is marked removed" in ln for ln in warned), name
     assert retry_waits == []
     assert len(vanished["a call vanished mid-listing"]) == 3
 
@@ -1281,14 +1282,14 @@ def test_an_unexpected_error_in_one_batch_fails_that_batch_alone(
 ) -> None:
     batches = [add_generated_batch(fake_api, 15, seed=n) for n in range(3)]
     crashing = batches[0]
-    normalize = etl.normalize.normalize_page
+    check = scheduled_calls_stream.check_record
 
-    def buggy(results: list[Any], batch: Any, *args: Any, **kwargs: Any) -> Any:
+    def buggy(record: Any, batch: Any, **kwargs: Any) -> None:
         if batch.batch_id == crashing.batch_id:
             raise RuntimeError("a bug in normalization")
-        return normalize(results, batch, *args, **kwargs)
+        check(record, batch, **kwargs)
 
-    monkeypatch.setattr(pipeline, "normalize_page", buggy)
+    monkeypatch.setattr(scheduled_call_loader, "check_record", buggy)
     # One worker: the batches after the crashed one must still be synced.
     config = make_config(fake_api, tmp_path, database_url, batches, concurrency=1)
 
@@ -1298,7 +1299,7 @@ def test_an_unexpected_error_in_one_batch_fails_that_batch_alone(
     (crashed,) = batch_runs(engine, crashing.batch_id)
     assert crashed.status == "failed"
     assert crashed.error == "crashed: RuntimeError: a bug in normalization"
-    assert f"batch {crashing.batch_id}: failed:" in result.stdout
+    assert f"batch {crashing.batch_id}: failed" in result.stdout
     assert "Traceback" in result.stderr and "a bug in normalization" in result.stderr
     assert TEST_API_KEY not in result.stderr
     for batch in batches[1:]:
@@ -1532,10 +1533,10 @@ def test_long_unicode_sql_looking_and_empty_values_round_trip_exactly(
     assert count(engine, "SELECT count(*) FROM etl_runs") == 1  # no statement was injected
     assert count(engine, "SELECT count(*) FROM scheduled_calls") == len(batch.calls) + 7
     assert summary_line(empty, result.stdout).startswith(
-        f"batch {empty.batch_id}: succeeded: pages=1 fetched=0/0 inserted=0"
+        f"batch {empty.batch_id}: succeeded: scheduled_calls pages=1 fetched=0/0 inserted=0"
     )
     assert summary_line(paged, result.stdout).startswith(
-        f"batch {paged.batch_id}: succeeded: pages=4 fetched=7/7 inserted=7"
+        f"batch {paged.batch_id}: succeeded: scheduled_calls pages=4 fetched=7/7 inserted=7"
     )
     assert db_full_view(engine, paged.batch_id) == api_full_view(fake_api, paged.batch_id)
 
@@ -1577,7 +1578,7 @@ def test_secrets_never_reach_logs_errors_the_database_or_another_host(
     run_cli: Any,
     retry_waits: list[float],
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    capture_all_logs: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     batch = add_generated_batch(fake_api, 40, seed=6)
@@ -1619,17 +1620,6 @@ def test_secrets_never_reach_logs_errors_the_database_or_another_host(
             url = url.set(password=DB_PASSWORD)  # trust auth accepts any password
         config = make_config(fake_api, tmp_path, None, everyone, page_size=10)
 
-        # Every logger at DEBUG (urllib3 and SQLAlchemy too), tracebacks included.
-        configure = cli._configure_logging
-
-        def configure_and_capture(verbose: bool, quiet: bool) -> None:
-            configure(verbose, quiet)
-            logging.getLogger().addHandler(caplog.handler)
-            logging.getLogger().setLevel(logging.DEBUG)
-
-        monkeypatch.setattr(cli, "_configure_logging", configure_and_capture)
-        caplog.set_level(logging.DEBUG)
-        caplog.set_level(logging.DEBUG, logger="sqlalchemy")  # every statement and row
         result = run_cli(
             "sync",
             "-v",
@@ -1668,13 +1658,13 @@ def test_secrets_never_reach_logs_errors_the_database_or_another_host(
     assert "***" in unreachable.stderr
 
     logged = [result.stdout, result.stderr, unreachable.stdout, unreachable.stderr]
-    for record in caplog.records:
+    for record in capture_all_logs.records:
         logged.append(f"{record.name} {record.getMessage()} {record.args!r}")
         if record.exc_info:
             logged.append(logging.Formatter().formatException(record.exc_info))
     text = "\n".join(logged)
-    assert "urllib3" in {r.name.split(".")[0] for r in caplog.records}
-    assert "sqlalchemy" in {r.name.split(".")[0] for r in caplog.records}
+    assert "urllib3" in {r.name.split(".")[0] for r in capture_all_logs.records}
+    assert "sqlalchemy" in {r.name.split(".")[0] for r in capture_all_logs.records}
     assert "page 1 with 42 results" in text
     dumped = dump_all_tables(engine)
     assert "sip:x@example.com" in dumped

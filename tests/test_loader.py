@@ -1,4 +1,5 @@
-"""BatchLoader on SQLite and PostgreSQL: what each kind of page writes, and what it must not.
+"""The scheduled-call loader on every database: what each kind of page writes, which stored row
+each record is, and what a page must not write.
 
 The loader writes through the drivers' own bulk paths (COPY, executemany), not SQLAlchemy's
 type processing, so these tests also read every kind of value back through SQLAlchemy: JSON
@@ -7,22 +8,26 @@ type processing, so these tests also read every kind of value back through SQLAl
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from etl.config import BatchRef
+from etl.domain import status_rank
 from etl.fake_api import generate_calls
+from etl.load import batches as batch_store
+from etl.load import scheduled_calls as loader_module
+from etl.load.backends import ProcessLocalLocks
 from etl.load.database import upgrade_to_head
-from etl.load.loader import BatchLoader
-from etl.load.locks import ProcessLocalLocks
+from etl.load.scheduled_calls import ScheduledCallLoader
 from etl.load.schema import (
     rejected_records,
     scheduled_call_data_messages,
@@ -31,8 +36,10 @@ from etl.load.schema import (
     scheduled_call_status_changes,
     scheduled_calls,
 )
-from etl.normalize import CallKeys, NormalizedCall, RejectedRecord, normalize_page
-from etl.report import RunRecorder
+from etl.normalize.medium import MEDIA_COLUMNS
+from etl.report.records import RunRecorder
+from etl.streams import BatchContext, PageResult
+from etl.streams.scheduled_calls import NormalizedScheduledCall, normalize_record, record_digest
 from tests.conftest import AGENT_ID, rows
 from tests.test_sync_e2e import snapshot
 
@@ -49,28 +56,60 @@ class Clock:
         return T0 + timedelta(seconds=next(self._ticks), microseconds=1)
 
 
+@dataclass
+class Setup:
+    engine: Engine
+    batch: BatchRef
+    new_loader: Callable[[], ScheduledCallLoader]
+    """A loader for a new sync (a new run, one listing) of the batch."""
+
+    def load(self, *pages: list[dict[str, Any]], complete: bool = True) -> list[PageResult]:
+        """One listing of these pages, finished (complete or not)."""
+        loader = self.new_loader()
+        results = [loader.load_page(n, page, lenient=True) for n, page in enumerate(pages, 1)]
+        loader.finish(listed_to_end=True, complete=complete)
+        return results
+
+
 @pytest.fixture
-def setup(engine: Engine) -> Iterator[tuple[Engine, Callable[[], BatchLoader], BatchRef]]:
+def setup(engine: Engine) -> Iterator[Setup]:
     upgrade_to_head(engine)
     clock = Clock()
     batch = BatchRef(AGENT_ID, str(uuid.uuid4()))
+    connections: list[Connection] = []
+    with engine.begin() as conn:
+        batch_store.store_batch_details(conn, batch, {}, clock())
 
-    def new_loader() -> BatchLoader:
+    def new_loader() -> ScheduledCallLoader:
         run, _lock = RunRecorder(engine, clock).start_run(ProcessLocalLocks())
-        return BatchLoader(engine, batch, run.run_id, clock)
+        conn = engine.connect()
+        connections.append(conn)
+        return ScheduledCallLoader(BatchContext(batch, run.run_id, conn, clock))
 
-    yield engine, new_loader, batch
+    yield Setup(engine, batch, new_loader)
+    for conn in connections:
+        conn.close()
 
 
-def normalized(batch: BatchRef, records: list[dict[str, Any]]) -> list[NormalizedCall]:
-    calls, rejects = normalize_page(records, batch, CallKeys())
-    assert rejects == []
-    return calls
+def normalized(records: list[dict[str, Any]]) -> list[NormalizedScheduledCall]:
+    return [
+        normalize_record(r, position=n, digest_of_record=record_digest(r), may_hold_nul=True)
+        for n, r in enumerate(records)
+    ]
 
 
 def fetch(engine: Engine, stmt: Any) -> list[Any]:
     with engine.connect() as conn:
         return list(conn.execute(stmt))
+
+
+def stored_states(engine: Engine) -> list[tuple[Any, ...]]:
+    """(call_key, status, call_id) of every stored call, in key order."""
+    c = scheduled_calls.c
+    return [
+        tuple(r)
+        for r in fetch(engine, select(c.call_key, c.status, c.call_id).order_by(c.call_key))
+    ]
 
 
 def child_rows(engine: Engine) -> dict[str, list[Any]]:
@@ -82,56 +121,88 @@ def child_rows(engine: Engine) -> dict[str, list[Any]]:
     }
 
 
-def test_a_new_page_writes_calls_children_and_first_sightings(setup: Any) -> None:
-    engine, new_loader, batch = setup
-    records = generate_calls(batch.batch_id, 40, seed=3)
-    calls = normalized(batch, records)
+def call(
+    batch: BatchRef, status: str = "FUTURE", call_id: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A scheduled call record; identical definitions unless `extra` differs."""
+    return {
+        "status": status,
+        "batchId": batch.batch_id,
+        "callId": call_id,
+        "error": None,
+        "medium": {"twilio": {"outgoing": {"to": "+15555550100", "from": "+15555550199"}}},
+        "metadata": {"campaign": "twins"},
+        **extra,
+    }
 
-    counts = new_loader().load_page(1, calls)
 
-    assert (counts.inserted, counts.updated, counts.unchanged) == (40, 0, 0)
+# -- what a page writes -------------------------------------------------------------------------
+
+
+def test_a_new_page_writes_calls_children_and_first_sightings(setup: Setup) -> None:
+    records = generate_calls(setup.batch.batch_id, 40, seed=3)
+    calls = normalized(records)
+
+    [result] = setup.load(records)
+
+    counts = result.counts
+    assert (counts.inserted, counts.updated, counts.unchanged, counts.rejected) == (40, 0, 0, 0)
+    engine = setup.engine
     stored = fetch(engine, select(scheduled_calls).order_by(scheduled_calls.c.id))
-    assert [r.call_key for r in stored] == [c.call_key for c in calls]
-    for row, call in zip(stored, calls, strict=True):
-        for column, value in call.call.items():
-            assert getattr(row, column) == value, column
-        assert (row.call_hash, row.detail_hash) == (call.call_hash, call.detail_hash)
-        assert row.first_seen_at == row.updated_at == T0 + timedelta(seconds=1, microseconds=1)
+    assert len({r.call_key for r in stored}) == 40
+    by_digest = {r.record_digest: r for r in stored}
+    for call_rows in calls:
+        row = by_digest[call_rows.record_digest]
+        c = call_rows.call
+        assert (row.call_id, row.status, row.error, row.medium_type) == (
+            c.call_id,
+            c.status,
+            c.error,
+            c.medium_type,
+        )
+        assert (row.metadata, row.template_context) == (c.metadata, c.template_context)
+        assert row.call_key.startswith(f"{call_rows.definition_digest}#")
+        assert (row.call_hash, row.detail_hash) == (call_rows.call_hash, call_rows.detail_hash)
+        assert row.first_seen_at == row.updated_at
         assert row.first_seen_at.tzinfo is not None and row.removed_at is None
-    media = {r.scheduled_call_id: r._asdict() for r in fetch(engine, select(scheduled_call_media))}
-    ids = {r.call_key: r.id for r in stored}
-    for call in calls:
-        assert media[ids[call.call_key]] == {"scheduled_call_id": ids[call.call_key], **call.media}
-    flags = {tuple(r) for r in fetch(engine, select(scheduled_call_data_messages))}
-    assert flags == {(ids[c.call_key], m, e) for c in calls for m, e in c.data_messages}
+    media = {r.scheduled_call_id: r for r in fetch(engine, select(scheduled_call_media))}
+    for call_rows in calls:
+        row_id = by_digest[call_rows.record_digest].id
+        assert tuple(getattr(media[row_id], c) for c in MEDIA_COLUMNS) == tuple(
+            getattr(call_rows.media, c) for c in MEDIA_COLUMNS
+        )
+    # Identical records (twins) share a digest: compare child rows by digest, as multisets.
+    digest_of = {r.id: r.record_digest for r in stored}
+    flags = Counter(
+        (digest_of[i], m, e) for i, m, e in fetch(engine, select(scheduled_call_data_messages))
+    )
+    assert flags == Counter((c.record_digest, m, e) for c in calls for m, e in c.data_messages)
     assert any(not enabled for _, _, enabled in flags)
-    entries = {tuple(r) for r in fetch(engine, select(scheduled_call_metadata))}
-    assert entries == {(ids[c.call_key], k, v) for c in calls for k, v in c.metadata_entries}
+    entries = Counter(
+        (digest_of[i], k, v) for i, k, v in fetch(engine, select(scheduled_call_metadata))
+    )
+    assert entries == Counter((c.record_digest, k, v) for c in calls for k, v in c.metadata_entries)
     h = scheduled_call_status_changes.c
     history = fetch(engine, select(h.scheduled_call_id, h.from_status, h.to_status, h.call_id))
-    assert sorted(history) == sorted(
-        (ids[c.call_key], None, c.call["status"], c.call["call_id"]) for c in calls
+    assert Counter((digest_of[i], *rest) for i, *rest in history) == Counter(
+        (c.record_digest, None, c.call.status, c.call.call_id) for c in calls
     )
 
 
-def test_json_and_timestamps_read_back_exactly(setup: Any) -> None:
-    engine, new_loader, batch = setup
+def test_json_and_timestamps_read_back_exactly(setup: Setup) -> None:
     metadata = {"名前": "Zoë 🚀", "quote": 'He said "hi"\n\tthen\\left', "empty": ""}
     template = {"big": 2**70, "neg": -(2**64), "exact": 9007199254740993, "x": [0.1, None, True]}
     record = {
-        "status": "ERROR",
-        "batchId": batch.batch_id,
-        "callId": None,
-        "error": "tab\there, newline\nthere, backslash \\N",
+        **call(setup.batch, "ERROR", error="tab\there, newline\nthere, backslash \\N"),
         "medium": {"twilio": {"outgoing": {"to": "+1", "from": "+2", "additionalParams": {}}}},
         "metadata": metadata,
         "templateContext": template,
         "experimentalSettings": {"nested": {"deep": [1, {"a": None}]}},
     }
-    [call] = normalized(batch, [record])
 
-    new_loader().load_page(1, [call])
+    setup.load([record])
 
+    engine = setup.engine
     [row] = fetch(engine, select(scheduled_calls))
     assert row.metadata == metadata
     assert row.template_context == template
@@ -146,80 +217,77 @@ def test_json_and_timestamps_read_back_exactly(setup: Any) -> None:
     assert observed[0] == row.first_seen_at
 
 
-def test_an_unchanged_page_writes_nothing(setup: Any) -> None:
-    engine, new_loader, batch = setup
-    records = generate_calls(batch.batch_id, 60, seed=4)
-    new_loader().load_page(1, normalized(batch, records))
-    before = snapshot(engine)
+def test_an_unchanged_page_writes_nothing(setup: Setup) -> None:
+    records = generate_calls(setup.batch.batch_id, 60, seed=4)
+    setup.load(records)
+    before = snapshot(setup.engine)
 
-    counts = new_loader().load_page(1, normalized(batch, records))
+    [result] = setup.load(records)
 
-    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 0, 60)
-    assert snapshot(engine) == before
+    assert (result.counts.inserted, result.counts.updated, result.counts.unchanged) == (0, 0, 60)
+    assert snapshot(setup.engine) == before
 
 
-def test_a_status_change_updates_the_row_and_history_but_not_the_children(setup: Any) -> None:
-    engine, new_loader, batch = setup
-    records = generate_calls(batch.batch_id, 20, seed=5)
-    new_loader().load_page(1, normalized(batch, records))
-    c = scheduled_calls.c
-    before = {r.call_key: r for r in fetch(engine, select(scheduled_calls))}
+def test_a_status_change_updates_the_row_and_history_but_not_the_children(setup: Setup) -> None:
+    engine = setup.engine
+    records = generate_calls(setup.batch.batch_id, 20, seed=5)
+    setup.load(records)
+    before = {r.id: r for r in fetch(engine, select(scheduled_calls))}
     children = child_rows(engine)
     index = next(i for i, r in enumerate(records) if r["status"] == "FUTURE")
     placed = str(uuid.uuid4())
     records[index] = {**records[index], "status": "SUCCESS", "callId": placed.upper()}
 
-    calls = normalized(batch, records)
-    counts = new_loader().load_page(1, calls)
+    [result] = setup.load(records)
 
-    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 1, 19)
-    after = {r.call_key: r for r in fetch(engine, select(scheduled_calls))}
-    key = calls[index].call_key
-    assert (after[key].status, after[key].call_id) == ("SUCCESS", placed)
-    assert after[key].id == before[key].id
-    assert after[key].first_seen_at == before[key].first_seen_at
-    assert after[key].updated_at > before[key].updated_at
-    assert {k: r for k, r in after.items() if k != key} == {
-        k: r for k, r in before.items() if k != key
-    }
+    assert (result.counts.inserted, result.counts.updated, result.counts.unchanged) == (0, 1, 19)
+    after = {r.id: r for r in fetch(engine, select(scheduled_calls))}
+    assert after.keys() == before.keys()
+    [moved] = [i for i in after if after[i] != before[i]]
+    assert (after[moved].status, after[moved].call_id) == ("SUCCESS", placed)
+    assert after[moved].call_key == before[moved].call_key
+    assert after[moved].first_seen_at == before[moved].first_seen_at
+    assert after[moved].updated_at > before[moved].updated_at
     assert child_rows(engine) == children
     h = scheduled_call_status_changes.c
     history = fetch(
         engine,
         select(h.from_status, h.to_status, h.call_id)
-        .where(h.scheduled_call_id == after[key].id)
+        .where(h.scheduled_call_id == moved)
         .order_by(h.id),
     )
     assert [tuple(r) for r in history] == [(None, "FUTURE", None), ("FUTURE", "SUCCESS", placed)]
-    assert fetch(engine, select(c.id).where(c.status == "SUCCESS").where(c.call_id == placed))
 
 
-def test_changed_child_rows_are_replaced_without_moving_updated_at(setup: Any) -> None:
-    engine, new_loader, batch = setup
+def test_a_newer_normalizer_rewrites_child_rows_without_moving_updated_at(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = setup.engine
     record = {
-        "status": "FUTURE",
-        "batchId": batch.batch_id,
-        "callId": None,
-        "error": None,
+        **call(setup.batch),
         "medium": {"webRtc": {"dataMessages": {"pong": True, "state": False}}},
         "metadata": {"campaign": "spring"},
     }
-    [call] = normalized(batch, [record])
-    new_loader().load_page(1, [call])
+    setup.load([record])
     [before] = fetch(engine, select(scheduled_calls))
-    # What a newer version of the job would produce: other child rows, the same call row.
-    remapped = dataclasses.replace(
-        call,
-        data_messages=(("pong", False),),
-        metadata_entries=(("campaign", "spring"), ("extra", "1")),
-        detail_hash="0" * 32,
-    )
 
-    counts = new_loader().load_page(1, [remapped])
+    # What a newer version of the job produces: other child rows (and another digest, as its
+    # NORMALIZER_VERSION is part of it), the same call row.
+    def newer(record: Any, **kwargs: Any) -> NormalizedScheduledCall:
+        rows_ = normalize_record(record, **kwargs)
+        rows_.data_messages = (("pong", False),)
+        rows_.metadata_entries = (("campaign", "spring"), ("extra", "1"))
+        rows_.detail_hash = "0" * 32
+        return rows_
 
-    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 1, 0)
+    monkeypatch.setattr(loader_module, "normalize_record", newer)
+    monkeypatch.setattr(loader_module, "record_digest", lambda r: "1" * 32)
+
+    [result] = setup.load([record])
+
+    assert (result.counts.inserted, result.counts.updated, result.counts.unchanged) == (0, 1, 0)
     [after] = fetch(engine, select(scheduled_calls))
-    assert after.detail_hash == "0" * 32
+    assert (after.detail_hash, after.record_digest) == ("0" * 32, "1" * 32)
     assert (after.id, after.updated_at, after.call_hash) == (
         before.id,
         before.updated_at,
@@ -236,38 +304,29 @@ def test_changed_child_rows_are_replaced_without_moving_updated_at(setup: Any) -
     assert len(fetch(engine, select(scheduled_call_status_changes))) == 1  # no status change
 
 
-def test_finish_marks_absent_calls_removed_and_a_returning_call_is_cleared(setup: Any) -> None:
-    engine, new_loader, batch = setup
-    records = generate_calls(batch.batch_id, 30, seed=6)
-    first = new_loader()
-    keys = CallKeys()  # one listing in two pages
-    for number, part in enumerate((records[:15], records[15:]), start=1):
-        calls, _ = normalize_page(part, batch, keys)
-        first.load_page(number, calls)
-    assert first.finish(complete=True) == 0
+def test_finish_marks_absent_calls_removed_and_a_returning_call_is_cleared(setup: Setup) -> None:
+    engine = setup.engine
+    records = generate_calls(setup.batch.batch_id, 30, seed=6)
+    setup.load(records[:15], records[15:])
     kept = records[:10] + records[20:]
 
-    second = new_loader()
-    calls = normalized(batch, kept)
-    second.load_page(1, calls)
-    assert second.finish(complete=False) == 0  # an incomplete listing removes nothing
+    setup.load(kept, complete=False)  # an incomplete listing removes nothing
     assert rows(engine, "SELECT count(*) FROM scheduled_calls WHERE removed_at IS NOT NULL") == [
         (0,)
     ]
-    third = new_loader()
-    third.load_page(1, calls)
-    assert third.finish(complete=True) == 10
+    loader = setup.new_loader()
+    loader.load_page(1, kept, lenient=True)
+    assert loader.finish(listed_to_end=True, complete=True) == 10
     c = scheduled_calls.c
     removed = fetch(
         engine, select(c.id, c.updated_at, c.removed_at).where(c.removed_at.is_not(None))
     )
     assert len(removed) == 10
-    assert third.finish(complete=True) == 0  # already removed: not counted again
+    # A complete listing of nothing: the other 20 are gone too (the 10 are not counted again).
+    assert setup.new_loader().finish(listed_to_end=True, complete=True) == 20
 
-    fourth = new_loader()
-    counts = fourth.load_page(1, normalized(batch, records))
-    assert (counts.inserted, counts.updated, counts.unchanged) == (0, 10, 20)
-    assert fourth.finish(complete=True) == 0
+    [result] = setup.load(records)
+    assert (result.counts.inserted, result.counts.updated, result.counts.unchanged) == (0, 30, 0)
     back = {r.id: r for r in fetch(engine, select(c.id, c.updated_at, c.removed_at))}
     for row in removed:
         assert back[row.id].removed_at is None
@@ -275,41 +334,172 @@ def test_finish_marks_absent_calls_removed_and_a_returning_call_is_cleared(setup
     assert rows(engine, "SELECT count(*) FROM scheduled_call_status_changes") == [(30,)]
 
 
-def test_a_page_larger_than_one_lookup_chunk_and_rejects(setup: Any) -> None:
-    engine, new_loader, batch = setup
-    records = generate_calls(batch.batch_id, 1234, seed=7)
-    calls = normalized(batch, records)
-    rejects = [RejectedRecord(3, "'metadata' is neither an object nor null", {"metadata": [1]})]
+def test_a_page_larger_than_one_lookup_chunk_and_a_rejected_record(setup: Setup) -> None:
+    engine = setup.engine
+    records: list[Any] = generate_calls(setup.batch.batch_id, 1234, seed=7)
+    records.insert(
+        3,
+        {
+            **call(setup.batch),
+            "metadata": [1],
+            "medium": {"sip": {"outgoing": {"password": "pw-secret"}}},
+        },
+    )
 
-    first = new_loader().load_page(4, calls, rejects)
-    second = new_loader().load_page(4, calls)
+    loader = setup.new_loader()
+    first = loader.load_page(4, records, lenient=True).counts
+    [second] = setup.load(records)
 
     assert (first.inserted, first.rejected) == (1234, 1)
-    assert (second.unchanged, second.updated, second.inserted) == (1234, 0, 0)
+    assert (second.counts.unchanged, second.counts.updated, second.counts.inserted) == (1234, 0, 0)
     r = rejected_records.c
-    [reject] = fetch(engine, select(r.batch_id, r.page, r.position, r.reason, r.payload))
-    assert tuple(reject) == (batch.batch_id, 4, 3, rejects[0].reason, {"metadata": [1]})
+    reject = fetch(engine, select(r.batch_id, r.stream, r.page, r.position, r.reason, r.payload))
+    assert [tuple(x)[:5] for x in reject] == [
+        (setup.batch.batch_id, "scheduled_calls", 4, 3, "'metadata' is neither an object nor null"),
+        (setup.batch.batch_id, "scheduled_calls", 1, 3, "'metadata' is neither an object nor null"),
+    ]
+    assert reject[0].payload["medium"] == {"sip": {"outgoing": {}}}  # never the password
     assert rows(engine, "SELECT count(DISTINCT call_key) FROM scheduled_calls") == [(1234,)]
 
 
 def test_a_driver_error_in_a_bulk_statement_is_a_database_error_and_rolls_back(
-    setup: Any,
+    setup: Setup,
 ) -> None:
-    engine, new_loader, batch = setup
+    engine = setup.engine
     # Make the database refuse one kind of child row, as a real constraint would.
     with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql(
-                "ALTER TABLE scheduled_call_metadata ADD CONSTRAINT refuse_all CHECK (false)"
-            )
-        else:
+        if engine.dialect.name == "sqlite":
             conn.exec_driver_sql(
                 "CREATE TRIGGER refuse_all BEFORE INSERT ON scheduled_call_metadata "
                 "BEGIN SELECT RAISE(ABORT, 'refused'); END"
             )
-    records = generate_calls(batch.batch_id, 10, seed=9)
+        else:
+            conn.exec_driver_sql(
+                "ALTER TABLE scheduled_call_metadata ADD CONSTRAINT refuse_all CHECK (1 = 0)"
+            )
+    records = generate_calls(setup.batch.batch_id, 10, seed=9)
 
     with pytest.raises(DBAPIError):
-        new_loader().load_page(1, normalized(batch, records))
+        setup.new_loader().load_page(1, records, lenient=True)
 
     assert rows(engine, "SELECT count(*) FROM scheduled_calls")[0][0] == 0
+
+
+# -- which stored row a record is (SCHEMA.md, "Call identity") -------------------------------
+
+
+def test_identical_calls_listed_in_another_order_change_nothing(setup: Setup) -> None:
+    b = setup.batch
+    twins = [call(b, "FUTURE"), call(b, "PENDING"), call(b, "EXPIRED"), call(b, "FUTURE")]
+    setup.load(twins)
+    before = snapshot(setup.engine)
+
+    [result] = setup.load(list(reversed(twins)))
+
+    assert (result.counts.unchanged, result.counts.updated, result.counts.inserted) == (4, 0, 0)
+    assert snapshot(setup.engine) == before
+
+
+def test_a_call_with_a_call_id_is_always_the_row_with_that_call_id(setup: Setup) -> None:
+    b = setup.batch
+    c1, c2 = str(uuid.uuid4()), str(uuid.uuid4())
+    setup.load([call(b, "PENDING"), call(b, "PENDING")])
+    setup.load([call(b, "SUCCESS", c1), call(b, "SUCCESS", c2)])
+    c = scheduled_calls.c
+    keys = dict(fetch(setup.engine, select(c.call_id, c.call_key)))
+
+    # Listed the other way round, and one of them with an error filled in later.
+    [result] = setup.load([call(b, "ERROR", c2, error="SIP 486"), call(b, "SUCCESS", c1)])
+
+    assert result.counts.rejected == 0 and result.counts.inserted == 0
+    assert dict(fetch(setup.engine, select(c.call_id, c.call_key))) == keys
+    assert ("ERROR", "SIP 486") in [
+        tuple(r) for r in fetch(setup.engine, select(c.status, c.error))
+    ]
+
+
+def test_without_call_ids_twins_match_by_state_and_never_move_back(setup: Setup) -> None:
+    b = setup.batch
+    setup.load([call(b, "FUTURE"), call(b, "EXPIRED"), call(b, "PENDING")])
+    before = {key: status for key, status, _ in stored_states(setup.engine)}
+
+    # The PENDING one moved on, the FUTURE one too; listed in another order.
+    setup.load([call(b, "PENDING"), call(b, "EXPIRED"), call(b, "ERROR", error="busy")])
+
+    after = {key: status for key, status, _ in stored_states(setup.engine)}
+    assert after.keys() == before.keys()  # no new row: each record is one of the three
+    assert sorted(after.values()) == ["ERROR", "EXPIRED", "PENDING"]
+    # Twins are told apart by state only, so either of the waiting rows may be the one that
+    # failed; but no row moved back, and the final one stayed as it was.
+    for key in after:
+        assert status_rank(after[key]) >= status_rank(before[key])
+    assert [k for k in after if before[k] == "EXPIRED"] == [
+        k for k in after if after[k] == "EXPIRED"
+    ]
+    h = scheduled_call_status_changes.c
+    changes = fetch(
+        setup.engine, select(h.from_status, h.to_status).where(h.from_status.is_not(None))
+    )
+    assert 1 <= len(changes) <= 2
+    assert all(status_rank(new) > status_rank(old) for old, new in changes)
+
+
+def test_a_twin_that_vanishes_from_the_middle_is_the_one_marked_removed(setup: Setup) -> None:
+    b = setup.batch
+    first, middle, last = (
+        call(b, "SUCCESS", str(uuid.uuid4())),
+        call(b, "FUTURE"),
+        call(b, "PENDING"),
+    )
+    setup.load([first, middle, last])
+    c = scheduled_calls.c
+    ids = dict(fetch(setup.engine, select(c.status, c.id)))
+
+    setup.load([first, last])
+
+    removed = fetch(setup.engine, select(c.id).where(c.removed_at.is_not(None)))
+    assert [r.id for r in removed] == [ids["FUTURE"]]
+
+
+def test_a_final_row_is_never_matched_to_a_waiting_record(setup: Setup) -> None:
+    b = setup.batch
+    setup.load([call(b, "EXPIRED")])
+    [(expired_key, _, _)] = stored_states(setup.engine)
+
+    # The API now shows a FUTURE twin and no EXPIRED one: that is another call, not a regression.
+    setup.load([call(b, "FUTURE")])
+
+    states = stored_states(setup.engine)
+    assert ("EXPIRED" in {s for _, s, _ in states}) and len(states) == 2
+    c = scheduled_calls.c
+    [(removed_key,)] = fetch(setup.engine, select(c.call_key).where(c.removed_at.is_not(None)))
+    assert removed_key == expired_key
+
+
+def test_a_call_id_listed_twice_is_rejected_and_the_rest_loads_every_run(setup: Setup) -> None:
+    b = setup.batch
+    placed = str(uuid.uuid4())
+    other = call(b, "FUTURE", templateContext={"n": 2})
+    page = [call(b, "SUCCESS", placed), call(b, "ERROR", placed.upper(), error="x"), other]
+
+    for _ in range(2):  # the batch is never jammed: the next run does the same
+        [result] = setup.load(page)
+        assert result.counts.rejected == 1
+        assert result.rejected[0].reason == f"callId {placed} is listed twice in this batch"
+    assert sorted(s for _, s, _ in stored_states(setup.engine)) == ["FUTURE", "SUCCESS"]
+
+
+def test_a_call_id_of_another_batch_is_rejected(setup: Setup) -> None:
+    placed = str(uuid.uuid4())
+    setup.load([call(setup.batch, "SUCCESS", placed)])
+    other = BatchRef(AGENT_ID, str(uuid.uuid4()))
+    with setup.engine.begin() as conn:
+        batch_store.store_batch_details(conn, other, {}, T0)
+    run, _lock = RunRecorder(setup.engine, Clock()).start_run(ProcessLocalLocks())
+    with setup.engine.connect() as conn:
+        loader = ScheduledCallLoader(BatchContext(other, run.run_id, conn, Clock()))
+        result = loader.load_page(1, [call(other, "SUCCESS", placed)], lenient=True)
+
+    assert [r.reason for r in result.rejected] == [
+        f"callId {placed} belongs to a call of batch {setup.batch.batch_id}"
+    ]

@@ -9,12 +9,12 @@ import time
 
 from sqlalchemy import Engine
 
-from etl.load.locks import acquire, locks_for
+from etl.load.backends import acquire
+from etl.load.database import locks_for
 
 HOLDER = """
 import sys, time
-from etl.load.database import open_engine
-from etl.load.locks import locks_for
+from etl.load.database import locks_for, open_engine
 lock = locks_for(open_engine(sys.argv[1])).try_acquire(sys.argv[2])
 print("held" if lock else "busy", flush=True)
 time.sleep(60)

@@ -18,17 +18,16 @@ from typing import Any
 import pytest
 
 from etl.config import BatchRef
-from etl.normalize import (
-    KNOWN_STATUSES,
-    MEDIA_COLUMNS,
-    CallKeys,
-    NormalizedCall,
-    RecordError,
-    RejectedRecord,
+from etl.domain import KNOWN_STATUSES
+from etl.normalize.json_values import RecordError, RejectedRecord, storable_payload, without_keys
+from etl.normalize.medium import MEDIA_COLUMNS, SECRET_MEDIUM_KEYS, MediaRow
+from etl.streams.scheduled_calls import (
+    NormalizedScheduledCall,
     check_record,
     definition_digest,
-    normalize_page,
-    strip_secrets,
+    normalize_record,
+    record_digest,
+    secret_free_payload,
 )
 
 AGENT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -114,25 +113,45 @@ def make_record(medium: Any = _ABSENT, **fields: Any) -> dict[str, Any]:
     return record
 
 
-def normalize_one(record: dict[str, Any]) -> NormalizedCall:
-    calls, rejects = normalize_page([record], BATCH, CallKeys())
+def normalize_page(
+    page: list[Any], batch: BatchRef = BATCH
+) -> tuple[list[NormalizedScheduledCall], list[RejectedRecord]]:
+    """The pure steps a loader takes for each record of a page: check, then normalize (a
+    record that fails the check is kept as rejected_records keeps it)."""
+    calls, rejects = [], []
+    for position, record in enumerate(page):
+        try:
+            check_record(record, batch)
+        except RecordError as exc:
+            payload = storable_payload(secret_free_payload(record))
+            rejects.append(RejectedRecord(position, str(exc), payload))
+            continue
+        calls.append(
+            normalize_record(
+                record,
+                position=position,
+                digest_of_record=record_digest(record),
+                may_hold_nul=True,
+            )
+        )
+    return calls, rejects
+
+
+def normalize_one(record: dict[str, Any]) -> NormalizedScheduledCall:
+    calls, rejects = normalize_page([record])
     assert rejects == []
     assert len(calls) == 1
     return calls[0]
 
 
-def media_row(**columns: Any) -> dict[str, Any]:
+def strip_secrets(value: Any) -> Any:
+    return without_keys(value, SECRET_MEDIUM_KEYS)
+
+
+def media_row(**columns: Any) -> MediaRow:
     """A full scheduled_call_media row: the given columns, every other one None."""
     assert set(columns) <= set(EXPECTED_MEDIA_COLUMNS), set(columns) - set(EXPECTED_MEDIA_COLUMNS)
-    row = dict.fromkeys(EXPECTED_MEDIA_COLUMNS)
-    row.update(columns)
-    return row
-
-
-def key_digest(call_key: str) -> str:
-    match = re.fullmatch(r"([0-9a-f]{32})#([1-9][0-9]*)", call_key)
-    assert match, call_key
-    return match.group(1)
+    return MediaRow(**columns)
 
 
 def test_media_columns_match_the_schema() -> None:
@@ -141,7 +160,7 @@ def test_media_columns_match_the_schema() -> None:
 
 # --- each medium variant -------------------------------------------------------------------
 
-VARIANT_CASES: list[tuple[str, dict[str, Any], dict[str, Any], tuple[tuple[str, bool], ...]]] = [
+VARIANT_CASES: list[tuple[str, dict[str, Any], MediaRow, tuple[tuple[str, bool], ...]]] = [
     (
         "webRtc-doc-example",
         {"webRtc": {"dataMessages": DOC_DATA_MESSAGES}},
@@ -391,7 +410,7 @@ VARIANT_CASES: list[tuple[str, dict[str, Any], dict[str, Any], tuple[tuple[str, 
 )
 def test_medium_variant_rows(
     medium: dict[str, Any],
-    expected_media: dict[str, Any],
+    expected_media: MediaRow,
     expected_flags: tuple[tuple[str, bool], ...],
 ) -> None:
     record = make_record(medium)
@@ -401,7 +420,7 @@ def test_medium_variant_rows(
 
     assert result.media == expected_media
     assert result.data_messages == expected_flags
-    assert result.call["medium_type"] == expected_media["medium_type"]
+    assert result.call.medium_type == expected_media.medium_type
     assert record == sent, "normalization must not modify the record it was given"
 
 
@@ -411,7 +430,7 @@ def test_missing_medium_is_webrtc_without_extra(medium: Any) -> None:
 
     assert result.media == media_row(medium_type="webRtc")
     assert result.data_messages == ()
-    assert result.call["medium_type"] == "webRtc"
+    assert result.call.medium_type == "webRtc"
 
 
 def test_doc_example_medium_with_every_variant_keeps_the_others_in_extra() -> None:
@@ -479,7 +498,7 @@ def test_unknown_variant_is_its_key_with_the_whole_variant_in_extra() -> None:
 
     assert result.media == media_row(medium_type="whatsApp", extra={"whatsApp": variant})
     assert result.data_messages == ()
-    assert result.call["medium_type"] == "whatsApp"
+    assert result.call.medium_type == "whatsApp"
 
 
 def test_unknown_variant_after_a_known_one_does_not_win() -> None:
@@ -594,7 +613,7 @@ def sip_record(password: str | None, **fields: Any) -> dict[str, Any]:
     return make_record({"sip": {"outgoing": outgoing}}, **fields)
 
 
-def everything_as_text(result: NormalizedCall) -> str:
+def everything_as_text(result: NormalizedScheduledCall) -> str:
     return repr(result) + json.dumps(dataclasses.asdict(result), ensure_ascii=False)
 
 
@@ -607,8 +626,8 @@ def test_sip_password_is_nowhere_in_the_output() -> None:
     result = normalize_one(record)
 
     assert SIP_PASSWORD not in everything_as_text(result)
-    assert result.media["sip_password_set"] is True
-    assert result.media["extra"] == {
+    assert result.media.sip_password_set is True
+    assert result.media.extra == {
         "sip": {"outgoing": {"auth": {"realm": "pbx"}}},
         "futureMedium": {"credentials": [{}]},
     }
@@ -618,18 +637,17 @@ def test_sip_password_is_nowhere_in_the_output() -> None:
 def test_sip_password_set_is_false_without_password() -> None:
     result = normalize_one(sip_record(None))
 
-    assert result.media["sip_password_set"] is False
-    assert result.media["extra"] is None
+    assert result.media.sip_password_set is False
+    assert result.media.extra is None
 
 
 def test_sip_password_is_not_part_of_the_call_key() -> None:
     page = [sip_record("first-password"), sip_record("second-password"), sip_record(None)]
-    calls, rejects = normalize_page(page, BATCH, CallKeys())
+    calls, rejects = normalize_page(page)
 
     assert rejects == []
-    digests = {key_digest(c.call_key) for c in calls}
-    assert len(digests) == 1
-    assert [c.call_key.split("#")[1] for c in calls] == ["1", "2", "3"]
+    assert len({c.definition_digest for c in calls}) == 1
+    assert len({c.record_digest for c in calls}) == 2  # the password is no part of either
     assert definition_digest(page[0]) == definition_digest(page[1]) == definition_digest(page[2])
     # Only the flag differs between the children.
     assert calls[0].detail_hash == calls[1].detail_hash != calls[2].detail_hash
@@ -638,7 +656,7 @@ def test_sip_password_is_not_part_of_the_call_key() -> None:
 def test_rejected_record_payload_has_no_password() -> None:
     record = sip_record(SIP_PASSWORD, batchId=OTHER_BATCH_ID)
 
-    calls, rejects = normalize_page([record], BATCH, CallKeys())
+    calls, rejects = normalize_page([record])
 
     assert calls == []
     assert len(rejects) == 1
@@ -713,7 +731,7 @@ def test_metadata_entries_strings_as_is_others_as_json_text() -> None:
         ("nested", '{"a":"x","b":1}'),
         ("empty", ""),
     )
-    assert result.call["metadata"] == metadata
+    assert result.call.metadata == metadata
 
 
 @pytest.mark.parametrize(
@@ -729,7 +747,7 @@ def test_no_metadata_entries(metadata: Any, stored: Any) -> None:
     result = normalize_one(record)
 
     assert result.metadata_entries == ()
-    assert result.call["metadata"] == stored
+    assert result.call.metadata == stored
 
 
 # --- the call row and the call key ---------------------------------------------------------
@@ -748,10 +766,7 @@ def test_call_row_columns() -> None:
     )
     result = normalize_one(record)
 
-    assert result.call == {
-        "batch_id": BATCH_ID,
-        "agent_id": AGENT_ID,
-        "call_key": result.call_key,
+    assert dataclasses.asdict(result.call) == {
         "call_id": CALL_ID,
         "status": "SUCCESS",
         "error": None,
@@ -761,18 +776,18 @@ def test_call_row_columns() -> None:
         "experimental_settings": {"flag": True},
         "nul_escaped_record": None,
     }
-    assert result.call_key.endswith("#1")
-    key_digest(result.call_key)
+    assert re.fullmatch("[0-9a-f]{32}", result.definition_digest)
+    assert re.fullmatch("[0-9a-f]{32}", result.record_digest)
 
 
 @pytest.mark.parametrize("status", [*sorted(KNOWN_STATUSES), "CANCELLED", "paused_by_user"])
 def test_status_passes_through_unchanged(status: str) -> None:
     result = normalize_one(make_record(status=status, error="boom" if status == "ERROR" else None))
 
-    assert result.call["status"] == status
+    assert result.call.status == status
 
 
-def test_call_key_is_deterministic() -> None:
+def test_digests_are_deterministic() -> None:
     record = make_record({"exotel": {}}, metadata={"b": "2", "a": "1"})
     reordered = make_record({"exotel": {}}, metadata={"a": "1", "b": "2"})
 
@@ -780,40 +795,12 @@ def test_call_key_is_deterministic() -> None:
     second = normalize_one(copy.deepcopy(record))
     third = normalize_one(reordered)
 
-    assert first.call_key == second.call_key == third.call_key
+    assert first.definition_digest == second.definition_digest == third.definition_digest
+    assert first.record_digest == second.record_digest == third.record_digest
     assert first.call_hash == second.call_hash == third.call_hash
     assert first.detail_hash == second.detail_hash
     # Only the order of the metadata rows differs: the same child rows, so the same hash.
     assert first.detail_hash == third.detail_hash
-
-
-def test_equal_definitions_get_occurrence_numbers_in_listing_order() -> None:
-    a = make_record(metadata={"customer": "a"})
-    b = make_record(metadata={"customer": "b"})
-    page = [a, b, copy.deepcopy(a), copy.deepcopy(a), copy.deepcopy(b)]
-
-    calls, rejects = normalize_page(page, BATCH, CallKeys())
-
-    assert rejects == []
-    digest_a, digest_b = key_digest(calls[0].call_key), key_digest(calls[1].call_key)
-    assert digest_a != digest_b
-    assert [c.call_key for c in calls] == [
-        f"{digest_a}#1",
-        f"{digest_b}#1",
-        f"{digest_a}#2",
-        f"{digest_a}#3",
-        f"{digest_b}#2",
-    ]
-
-
-def test_occurrences_continue_across_pages_of_one_listing() -> None:
-    keys = CallKeys()
-    record = make_record()
-
-    first, _ = normalize_page([record, copy.deepcopy(record)], BATCH, keys)
-    second, _ = normalize_page([copy.deepcopy(record)], BATCH, keys)
-
-    assert [c.call_key[-2:] for c in (*first, *second)] == ["#1", "#2", "#3"]
 
 
 @pytest.mark.parametrize(
@@ -834,10 +821,7 @@ def test_a_different_definition_gets_a_different_digest(change: dict[str, Any]) 
     base = make_record({"twilio": {"outgoing": {"to": "+15550001"}}})
     changed = {**base, **change}
 
-    calls, _ = normalize_page([base, changed], BATCH, CallKeys())
-
-    assert key_digest(calls[0].call_key) != key_digest(calls[1].call_key)
-    assert calls[1].call_key.endswith("#1")
+    assert definition_digest(base) != definition_digest(changed)
 
 
 def test_status_call_id_and_error_do_not_change_the_key() -> None:
@@ -848,11 +832,12 @@ def test_status_call_id_and_error_do_not_change_the_key() -> None:
 
     results = [normalize_one(r) for r in (future, pending, success, failed)]
 
-    assert len({r.call_key for r in results}) == 1
+    assert len({r.definition_digest for r in results}) == 1
+    assert len({r.record_digest for r in results}) == 4
     assert len({r.call_hash for r in results}) == 4
     assert len({r.detail_hash for r in results}) == 1
-    assert results[2].call["call_id"] == CALL_ID
-    assert results[3].call["error"] == "number unreachable"
+    assert results[2].call.call_id == CALL_ID
+    assert results[3].call.error == "number unreachable"
 
 
 def test_detail_hash_follows_the_child_rows() -> None:
@@ -870,7 +855,7 @@ def test_call_id_is_lowercased() -> None:
         make_record(status="SUCCESS", callId="6BA7B810-9DAD-41D1-80B4-00C04FD430C8")
     )
 
-    assert result.call["call_id"] == "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
+    assert result.call.call_id == "6ba7b810-9dad-41d1-80b4-00c04fd430c8"
 
 
 # --- records that do not fit ----------------------------------------------------------------
@@ -930,7 +915,7 @@ def test_check_record_accepts_a_documented_record() -> None:
     )
 
     check_record(record, BATCH)  # does not raise
-    assert normalize_one(record).call["template_context"] == "<unknown>"
+    assert normalize_one(record).call.template_context == "<unknown>"
 
 
 def test_normalize_page_keeps_good_records_and_rejects_the_others() -> None:
@@ -940,16 +925,17 @@ def test_normalize_page_keeps_good_records_and_rejects_the_others() -> None:
     for bad in bad_records:
         page += [copy.deepcopy(bad), copy.deepcopy(good)]
 
-    calls, rejects = normalize_page(page, BATCH, CallKeys())
+    calls, rejects = normalize_page(page)
 
-    # Rejected records take no occurrence number: the good ones count 1, 2, 3, … unbroken.
-    assert [c.call_key.split("#")[1] for c in calls] == [
-        str(n) for n in range(1, len(bad_records) + 2)
-    ]
-    assert len({key_digest(c.call_key) for c in calls}) == 1
-    assert all(c.media["sip_password_set"] is True for c in calls)
+    assert [c.position for c in calls] == [2 * i for i in range(len(bad_records) + 1)]
+    assert len({c.definition_digest for c in calls}) == 1
+    assert all(c.media.sip_password_set is True for c in calls)
     assert rejects == [
-        RejectedRecord(position=2 * i + 1, reason=reason, payload=strip_secrets(record))
+        RejectedRecord(
+            position=2 * i + 1,
+            reason=reason,
+            payload=storable_payload(secret_free_payload(record)),
+        )
         for i, (_, record, reason) in enumerate(REJECT_CASES)
     ]
 
@@ -960,7 +946,7 @@ def test_rejected_records_keep_their_payload_as_sent_minus_secrets() -> None:
         metadata=["not", "an", "object"],
     )
 
-    _, rejects = normalize_page([make_record(), bad], BATCH, CallKeys())
+    _, rejects = normalize_page([make_record(), bad])
 
     assert rejects == [
         RejectedRecord(
@@ -981,15 +967,16 @@ def test_a_record_with_nul_is_stored_replaced_and_kept_exactly_as_escaped_json()
         metadata={"k\x00ey": "v\x00alue", "plain": "ok"},
         templateContext={"nested": ["a\x00", {"b": "\x00"}]},
     )
-    [call], rejects = normalize_page([record], BATCH, CallKeys())
+    [call], rejects = normalize_page([record])
 
     assert rejects == []
-    assert call.call["error"] == "line one\ufffdline two"
-    assert call.call["metadata"] == {"k\ufffdey": "v\ufffdalue", "plain": "ok"}
-    assert call.call["template_context"] == {"nested": ["a\ufffd", {"b": "\ufffd"}]}
-    assert call.media["to_address"] == "sip:a\ufffdb@example.com"
+    assert call.call.error == "line one\ufffdline two"
+    assert call.call.metadata == {"k\ufffdey": "v\ufffdalue", "plain": "ok"}
+    assert call.call.template_context == {"nested": ["a\ufffd", {"b": "\ufffd"}]}
+    assert call.media.to_address == "sip:a\ufffdb@example.com"
     assert ("k\ufffdey", "v\ufffdalue") in call.metadata_entries
-    escaped = call.call["nul_escaped_record"]
+    escaped = call.call.nul_escaped_record
+    assert escaped is not None
     assert "\x00" not in escaped and "\\u0000" in escaped
     expected = copy.deepcopy(record)
     del expected["medium"]["sip"]["outgoing"]["password"]
@@ -998,30 +985,29 @@ def test_a_record_with_nul_is_stored_replaced_and_kept_exactly_as_escaped_json()
 
 
 def test_a_record_without_nul_has_no_escaped_copy() -> None:
-    [call], _ = normalize_page([make_record(error="fine")], BATCH, CallKeys())
-    assert call.call["nul_escaped_record"] is None
+    [call], _ = normalize_page([make_record(error="fine")])
+    assert call.call.nul_escaped_record is None
 
 
 def test_nul_in_a_rejected_record_is_replaced_in_its_payload() -> None:
     bad = make_record(metadata=["not", "an object\x00"])
-    calls, [reject] = normalize_page([bad], BATCH, CallKeys())
+    calls, [reject] = normalize_page([bad])
     assert calls == []
     assert reject.payload["metadata"] == ["not", "an object\ufffd"]
 
 
 def test_a_lone_surrogate_is_replaced_and_the_record_kept_as_ascii_json() -> None:
     record = make_record(error="odd \ud800 one", metadata={"k": "v\udfff"})
-    [call], rejects = normalize_page([record], BATCH, CallKeys())
+    [call], rejects = normalize_page([record])
     assert rejects == []
-    assert call.call["error"] == "odd \ufffd one"
+    assert call.call.error == "odd \ufffd one"
     assert call.metadata_entries == (("k", "v\ufffd"),)
-    escaped = call.call["nul_escaped_record"]
-    assert escaped.isascii() and json.loads(escaped) == record
-    assert call.call_key.endswith("#1")
+    escaped = call.call.nul_escaped_record
+    assert escaped is not None and escaped.isascii() and json.loads(escaped) == record
 
 
 def test_a_metadata_key_too_long_to_index_has_no_row_but_stays_in_the_json() -> None:
     long_key = "k" * 1001
     call = normalize_one(make_record(metadata={long_key: "v", "short": "s"}))
     assert call.metadata_entries == (("short", "s"),)
-    assert call.call["metadata"] == {long_key: "v", "short": "s"}
+    assert call.call.metadata == {long_key: "v", "short": "s"}

@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 
-from etl import progress
 from etl.config import BatchRef
+from etl.domain import StreamCounts
 from etl.fake_api import FakeBatch, FakeUltravox
-from etl.logs import JsonFormatter
-from etl.metrics import metrics_for_failure, render, write_metrics_file
-from etl.report import BatchCounts
+from etl.report import progress
+from etl.report.logs import JsonFormatter
+from etl.report.metrics import metrics_for_failure, registry_for, write_metrics_file
 from tests.conftest import TEST_API_KEY, rows, run_console_script, write_config
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view
 
@@ -54,7 +55,7 @@ def test_import_etl_is_light_and_etl_sync_is_the_pipelines_sync() -> None:
         "import sys, etl\n"
         "assert 'sqlalchemy' not in sys.modules and 'etl.pipeline' not in sys.modules\n"
         "from etl.pipeline import sync\n"
-        "from etl.report import RunResult\n"
+        "from etl.report.results import RunResult\n"
         "assert etl.sync is sync and etl.RunResult is RunResult\n"
         "assert {'sync', 'RunResult', 'load_config'} <= set(dir(etl))\n"
     )
@@ -200,14 +201,17 @@ def test_log_progress_writes_at_most_one_line_per_batch_per_interval(
     caplog.set_level("INFO", logger="etl.progress")
     for page in range(1, 41):  # a page every second, 100 calls each, of 5000
         clock.now += 1
-        reporter(BATCH, BatchCounts(pages=page, fetched=100 * page, api_total=5000))
+        reporter(
+            BATCH, "scheduled_calls", StreamCounts(pages=page, fetched=100 * page, api_total=5000)
+        )
     lines = [r for r in caplog.records if r.name == "etl.progress"]
     assert len(lines) == 3  # 10, 20 and 30 seconds after the first page
     assert lines[0].getMessage() == (
-        f"progress: batch {BATCH.batch_id}: 11 pages, 1100/5000 calls (22%), 100 calls/s"
+        f"progress: batch {BATCH.batch_id} scheduled_calls: "
+        "11 pages, 1100/5000 records (22%), 100/s"
     )
     assert lines[0].__dict__["event"] == "progress"
-    assert lines[0].__dict__["counts"]["fetched"] == 1100
+    assert lines[0].__dict__["streams"]["scheduled_calls"]["fetched"] == 1100
 
 
 def test_terminal_progress_redraws_its_lines_in_place_and_clears_them() -> None:
@@ -215,18 +219,20 @@ def test_terminal_progress_redraws_its_lines_in_place_and_clears_them() -> None:
     out = io.StringIO()
     reporter = progress.TerminalProgress(out, clock=clock, redraw_seconds=0.5, width=200)
     other = BatchRef(BATCH.agent_id, "4c2d9e81-7b3f-4a10-9c5e-8d1a6f2b3c42")
-    reporter(BATCH, BatchCounts(pages=1, fetched=100, api_total=300))
+    reporter(BATCH, "scheduled_calls", StreamCounts(pages=1, fetched=100, api_total=300))
     clock.now += 0.1
-    reporter(other, BatchCounts(pages=1, fetched=50))  # within redraw_seconds: not drawn yet
+    reporter(
+        other, "scheduled_calls", StreamCounts(pages=1, fetched=50)
+    )  # within redraw_seconds: not drawn yet
     clock.now += 1
-    reporter(BATCH, BatchCounts(pages=2, fetched=200, api_total=300))
+    reporter(BATCH, "scheduled_calls", StreamCounts(pages=2, fetched=200, api_total=300))
     screen = out.getvalue()
-    first = f"batch {BATCH.batch_id}: 1 page, 100/300 calls (33%)\n"
+    first = f"batch {BATCH.batch_id} scheduled_calls: 1 page, 100/300 records (33%)\n"
     assert screen.startswith(first)
     assert screen[len(first) :] == (
         "\x1b[1F\x1b[J"  # up one line, clear
-        f"batch {BATCH.batch_id}: 2 pages, 200/300 calls (67%), 91 calls/s\n"
-        f"batch {other.batch_id}: 1 page, 50 calls, 0 calls/s\n"
+        f"batch {BATCH.batch_id} scheduled_calls: 2 pages, 200/300 records (67%), 91/s\n"
+        f"batch {other.batch_id} scheduled_calls: 1 page, 50 records, 0/s\n"
     )
     reporter.close()
     assert out.getvalue().endswith("\x1b[2F\x1b[J")
@@ -239,29 +245,29 @@ def test_terminal_progress_shows_at_most_max_lines_batches_updated_last() -> Non
     refs = [BatchRef(BATCH.agent_id, f"{n}0000000-7b3f-4a10-9c5e-8d1a6f2b3c42") for n in range(4)]
     for n, ref in enumerate(refs):  # the first two finished without the API's total known
         clock.now += 1
-        reporter(ref, BatchCounts(pages=1, fetched=n))
+        reporter(ref, "scheduled_calls", StreamCounts(pages=1, fetched=n))
     clock.now += 1
-    reporter(refs[1], BatchCounts(pages=2, fetched=9))
+    reporter(refs[1], "scheduled_calls", StreamCounts(pages=2, fetched=9))
     assert [line.split(":")[0] for line in reporter.lines(clock.now)] == [
-        f"batch {refs[1].batch_id}",
-        f"batch {refs[3].batch_id}",
+        f"batch {refs[1].batch_id} scheduled_calls",
+        f"batch {refs[3].batch_id} scheduled_calls",
     ]
 
 
 def test_terminal_progress_writes_log_lines_above_its_status_lines() -> None:
     import logging
 
-    from etl.logs import ConsoleHandler
+    from etl.report.logs import ConsoleHandler
 
     out = io.StringIO()
     handler = ConsoleHandler(out)
     handler.setFormatter(logging.Formatter("%(message)s"))
     reporter = progress.TerminalProgress(out, handler, clock=Clock(), width=200)
-    reporter(BATCH, BatchCounts(pages=1, fetched=10))
+    reporter(BATCH, "scheduled_calls", StreamCounts(pages=1, fetched=10))
     handler.emit(logging.LogRecord("etl", logging.WARNING, "", 0, "a warning", (), None))
     reporter.close()
     handler.emit(logging.LogRecord("etl", logging.WARNING, "", 0, "later", (), None))
-    status = f"batch {BATCH.batch_id}: 1 page, 10 calls\n"
+    status = f"batch {BATCH.batch_id} scheduled_calls: 1 page, 10 records\n"
     assert out.getvalue() == (
         f"{status}\x1b[1F\x1b[Ja warning\n{status}\x1b[1F\x1b[Jlater\n"
     )  # fmt: skip
@@ -282,7 +288,7 @@ def test_sync_off_a_terminal_logs_progress_lines(
 
     assert result.exit_code == 0, result.stderr
     lines = [e for e in parse_json_lines(result.stderr) if e.get("event") == "progress"]
-    assert [e["counts"]["fetched"] for e in lines][:2] == [10, 20]
+    assert [e["streams"]["scheduled_calls"]["fetched"] for e in lines][:2] == [10, 20]
     assert all(e["batch_id"] == batch.batch_id for e in lines)
 
 
@@ -322,7 +328,7 @@ def test_sync_on_a_terminal_shows_live_progress_on_stderr(
 
     assert proc.returncode == 0, screen
     text = screen.decode()
-    assert f"batch {batch.batch_id}: 1 page, 10/30 calls (33%)" in text
+    assert f"batch {batch.batch_id} scheduled_calls: 1 page, 10/30 records (33%)" in text
     assert "\x1b[1F\x1b[J" in text  # the status line is cleared, for log lines and at the end
     assert stdout.splitlines()[-1] == "run 1: succeeded: 1 of 1 batches synced"
 
@@ -352,7 +358,7 @@ def test_runs_shows_the_latest_runs_and_each_batch(
     assert lines[3].startswith("run 1: succeeded started ")
     assert "calls fetched=17 inserted=17" in lines[3]
     second_run = [line for line in lines[1:3] if batches[1].batch_id in line]
-    assert second_run and ": failed: pages=0 fetched=0/?" in second_run[0]
+    assert second_run and f"batch {batches[1].batch_id}: failed; error: " in second_run[0]
 
     latest = run_cli("runs", "--config", str(config), "--limit", "1", "--json", api_key=None)
     assert latest.exit_code == 0, latest.stderr
@@ -437,8 +443,8 @@ def test_the_metrics_file_is_prometheus_text_and_keeps_the_last_success(
     assert metric(first, "run_status", status="succeeded") == 1
     assert metric(first, "run_status", status="partial") == 0
     assert metric(first, "run_exit_code") == 0
-    assert metric(first, "calls_total", outcome="inserted") == 26
-    assert metric(first, "calls_total", outcome="rejected") == 0
+    assert metric(first, "rows", stream="scheduled_calls", outcome="inserted") == 26
+    assert metric(first, "rows", stream="scheduled_calls", outcome="rejected") == 0
     assert metric(first, "batches", status="succeeded") == 2
     assert metric(first, "batches", status="failed") == 0
     assert {labels for name, labels in first if name == "ultravox_etl_batches"} == {
@@ -461,7 +467,7 @@ def test_the_metrics_file_is_prometheus_text_and_keeps_the_last_success(
     assert metric(second, "run_status", status="partial") == 1
     assert metric(second, "run_exit_code") == 1
     assert metric(second, "batches", status="failed") == 1
-    assert metric(second, "calls_total", outcome="unchanged") == 21
+    assert metric(second, "rows", stream="scheduled_calls", outcome="unchanged") == 21
 
     # The database cannot be reached: the run has no result, the file still says so.
     unreachable = run_cli(
@@ -474,7 +480,7 @@ def test_the_metrics_file_is_prometheus_text_and_keeps_the_last_success(
     assert metric(third, "last_success_timestamp_seconds") == metric(
         first, "last_success_timestamp_seconds"
     )
-    assert metric(third, "calls_total", outcome="inserted") == 0
+    assert metric(third, "rows", stream="scheduled_calls", outcome="inserted") == 0
 
 
 def test_a_metrics_file_in_a_missing_folder_is_a_usage_error(
@@ -499,7 +505,8 @@ def test_rendered_metrics_parse_and_the_file_is_replaced_atomically(tmp_path: Pa
     target = tmp_path / "m.prom"
     target.write_text("old")
     write_metrics_file(target, metrics)
-    assert target.read_text() == render(metrics)
+    assert target.read_text() == generate_latest(registry_for(metrics)).decode()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.prom"]  # no temporary file left
     assert oct(target.stat().st_mode & 0o777) == "0o644"
     samples = read_metrics(target)
     assert metric(samples, "last_run_timestamp_seconds") == 1746100800.5

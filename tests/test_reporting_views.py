@@ -38,7 +38,7 @@ EMPTY = "aaaaaaaa-0000-4000-8000-000000000003"
 CID = {n: f"cccccccc-0000-4000-8000-00000000000{n}" for n in range(1, 5)}
 BUSY = "SIP 486 Busy Here"
 GEO = "Twilio error 21215: Geo Permission configuration is not permitting call"
-SKIP_NOTE = "ended; all 3 stored calls are final (sync --full lists it anyway)"
+SKIP_NOTE = "scheduled_calls: ended; all 3 stored calls are final; sync --full lists it anyway"
 
 
 def telnyx(to: str) -> dict[str, Any]:

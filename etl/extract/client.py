@@ -120,32 +120,65 @@ class stop_after_waiting(tenacity.stop.stop_base):  # noqa: N801 - tenacity's na
 # took twice as long as orjson's parse of the same page.
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGIT_RUN = b"0" * 19
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+MAX_PARSED_DEPTH = 200
+"""Deeper values are cut from a body the json module cannot parse for its depth (see
+parse_json); a record holding one is then rejected for its depth, its page still loads."""
 
 
-def parse_json(content: bytes) -> Any:
-    """Decode a JSON body: orjson (several times faster), else the json module.
+def parse_json(content: bytes) -> tuple[Any, bool]:
+    """Decode a JSON body: the value, and whether it was read leniently.
 
-    The json module reads what orjson turns into floats (integers beyond 64 bits) or
-    refuses (NaN and Infinity, lone surrogate escapes), exactly as before orjson was used.
-    Raises ValueError for a body that is not JSON.
+    orjson first (several times faster); else the json module, which reads what orjson
+    turns into floats (integers beyond 64 bits) or refuses (NaN, 1e400, lone surrogate
+    escapes, nesting beyond 1,024 levels): such a body is "lenient", and its records need
+    every check before they are stored. Raises ValueError for a body that is not JSON.
     """
     if _LONG_DIGIT_RUN not in content.translate(_DIGITS_TO_ZERO):
         try:
-            return orjson.loads(content)
+            return orjson.loads(content), False
         except orjson.JSONDecodeError:
             pass  # the json module decides: it accepts a little more, or raises ValueError
-    return json.loads(content)
+    try:
+        return json.loads(content), True
+    except RecursionError:
+        return json.loads(_cut_deeper_than(content, MAX_PARSED_DEPTH)), True
 
 
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+def _cut_deeper_than(content: bytes, depth_limit: int) -> bytes:
+    """The JSON text with each object or array nested deeper than `depth_limit` replaced by
+    a string saying so, so the rest parses within Python's recursion limit."""
+    out = bytearray()
+    depth = 0
+    copied = 0
+    cut_from: int | None = None
+    for token in _JSON_TOKEN.finditer(content):
+        kind = token.group()[:1]
+        if kind == b'"':
+            continue
+        if kind in b"[{":
+            depth += 1
+            if depth == depth_limit + 1 and cut_from is None:
+                cut_from = token.start()
+        else:
+            if depth == depth_limit + 1 and cut_from is not None:
+                out += content[copied:cut_from]
+                out += b'"(nested deeper than %d levels: not read)"' % depth_limit
+                copied = token.end()
+                cut_from = None
+            depth -= 1
+    out += content[copied:]
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
 class ApiResponse:
     body: Any
-    may_hold_nul: bool
-    """False when the JSON text has no \\u0000 and no surrogate escape (\\ud800-\\udfff), so
-    no string in it holds a character a database column refuses (see normalize.holds_nul)."""
+    lenient: bool
+    """True when the body may hold what a database cannot store as it is: U+0000 or a lone
+    surrogate (\\u0000, \\ud800 escapes), or values only the json module reads (NaN,
+    1e400, integers beyond 64 bits, deep nesting). Its records then get every check."""
 
 
 class UltravoxClient:
@@ -236,11 +269,13 @@ class UltravoxClient:
         if status == 200:
             content = response.content
             try:
-                body = parse_json(content)
+                body, lenient = parse_json(content)
             except ValueError:
                 raise TransientError(f"GET {path}: the 200 response is not valid JSON") from None
-            unstorable = b"\\u0000" in content or _SURROGATE_ESCAPE.search(content) is not None
-            return ApiResponse(body, may_hold_nul=unstorable)
+            lenient = (
+                lenient or b"\\u0000" in content or _SURROGATE_ESCAPE.search(content) is not None
+            )
+            return ApiResponse(body, lenient)
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientError(f"HTTP {status} on GET {path}", retry_after=retry_after)

@@ -30,8 +30,8 @@ class Page:
     cursor: str | None
     """The cursor this page was requested with; None for the first page."""
     is_last: bool
-    may_hold_nul: bool = True
-    """False when the page's JSON text cannot hold U+0000 (see ApiResponse)."""
+    lenient: bool = True
+    """Whether the page may hold what a database cannot store as it is (see ApiResponse)."""
 
 
 class RepeatedCursor(MalformedResponse):
@@ -56,7 +56,7 @@ def cursor_from_next(next_url: str, *, expected_host: str, where: str) -> str:
 
 
 def check_page(
-    body: Any, *, number: int, cursor: str | None, where: str, may_hold_nul: bool = True
+    body: Any, *, number: int, cursor: str | None, where: str, lenient: bool = True
 ) -> tuple[Page, Any]:
     """Validate a page body; return the Page and its raw `next` value."""
     if not isinstance(body, dict):
@@ -76,7 +76,7 @@ def check_page(
         total=total,
         cursor=cursor,
         is_last=not next_url,
-        may_hold_nul=may_hold_nul,
+        lenient=lenient,
     )
     return page, next_url
 
@@ -105,7 +105,7 @@ def iterate_pages(
             number=number,
             cursor=cursor,
             where=where,
-            may_hold_nul=response.may_hold_nul,
+            lenient=response.lenient,
         )
         log.debug("%s: page %d with %d results", where, number, len(page.results))
         yield page

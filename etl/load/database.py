@@ -7,22 +7,21 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from etl.load.dialect import configure_engine, masked, normalize_database_url
-from etl.load.locks import acquire, locks_for
+from etl.load.backends import Locks, acquire, backend_for, parse_database_url
 
 log = logging.getLogger(__name__)
 
 # migrations/ is installed as the package etl.migrations (see pyproject.toml).
 MIGRATIONS_DIR = Path(str(importlib.resources.files("etl.migrations")))
+SCHEMA_LOCK_WAIT_SECONDS = 300.0
 
 
 class DatabaseError(Exception):
@@ -33,24 +32,36 @@ class SchemaBehind(DatabaseError):
     """The schema is older than this version of the job and migrating was not allowed."""
 
 
+class SchemaAhead(DatabaseError):
+    """The schema is newer than this version of the job: another, newer version migrated it."""
+
+
 def open_engine(url: str, *, connections: int = 5) -> Engine:
     """An engine for `url` with the per-connection settings the schema relies on.
 
     `connections`: how many a run may hold at once (worker threads, lock connections).
+    Raises UnsupportedDatabase (a configuration error) for a URL this job cannot use.
     """
-    try:
-        parsed = normalize_database_url(url)
-    except ArgumentError:
-        raise DatabaseError("database URL is not valid (expected e.g. sqlite:///file.db)") from None
-    options: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
-        options = {"pool_size": connections, "max_overflow": connections, "pool_pre_ping": True}
-    try:
-        engine = create_engine(parsed, **options)
-    except Exception as exc:  # an unknown dialect or a missing driver
-        raise DatabaseError(f"cannot use database {masked(parsed)}: {exc}") from None
-    configure_engine(engine)
+    backend, parsed = parse_database_url(url)
+    engine = create_engine(parsed, **backend.engine_options(parsed, connections))
+    backend.configure(engine)
     return engine
+
+
+def describe(engine: Engine) -> str:
+    """The engine's database as logs show it: one spelling of its URL, password hidden."""
+    return backend_for(engine).describe(engine.url)
+
+
+def locks_for(engine: Engine) -> Locks:
+    return backend_for(engine).locks(engine)
+
+
+def explain(exc: SQLAlchemyError) -> str:
+    """A database failure in one line: the driver's message without SQL or parameters."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def alembic_config() -> AlembicConfig:
@@ -60,9 +71,12 @@ def alembic_config() -> AlembicConfig:
     return cfg
 
 
+def _script() -> ScriptDirectory:
+    return ScriptDirectory(str(MIGRATIONS_DIR))
+
+
 def head_revision() -> str | None:
-    script = ScriptDirectory(str(MIGRATIONS_DIR))
-    return script.get_current_head()
+    return _script().get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -72,17 +86,23 @@ def current_revision(engine: Engine) -> str | None:
 
 @contextmanager
 def reporting_connection_errors(engine: Engine) -> Iterator[None]:
-    """Turn a driver's connection failure into a DatabaseError naming the (masked) URL."""
+    """Turn a database failure into a DatabaseError naming the (masked) URL, in one line."""
     try:
         yield
     except DBAPIError as exc:
-        if not exc.connection_invalidated and exc.orig is None:
-            raise
-        first_line = (str(exc.orig).strip().splitlines() or [type(exc).__name__])[0]
-        raise DatabaseError(f"{masked(engine.url)}: {first_line}") from None
+        raise DatabaseError(f"{describe(engine)}: {explain(exc)}") from None
 
 
-SCHEMA_LOCK_WAIT_SECONDS = 300.0
+def _check_not_ahead(engine: Engine, current: str | None) -> None:
+    if current is None:
+        return
+    known = {rev.revision for rev in _script().walk_revisions()}
+    if current not in known:
+        raise SchemaAhead(
+            f"the schema of {describe(engine)} is at revision {current}, which this version "
+            f"of ultravox-etl does not know (it knows up to {head_revision()}): a newer "
+            "version migrated it; run that version, or upgrade ultravox-etl"
+        )
 
 
 def upgrade_to_head(engine: Engine) -> None:
@@ -93,13 +113,15 @@ def upgrade_to_head(engine: Engine) -> None:
     the schema at head.
     """
     with reporting_connection_errors(engine):
-        if current_revision(engine) == head_revision():
-            log.debug("schema of %s is at head", masked(engine.url))
+        current = current_revision(engine)
+        _check_not_ahead(engine, current)
+        if current == head_revision():
+            log.debug("schema of %s is at head", describe(engine))
             return
         lock = acquire(locks_for(engine), "schema", SCHEMA_LOCK_WAIT_SECONDS)
         if lock is None:
             raise DatabaseError(
-                f"{masked(engine.url)}: another process has been migrating the schema for "
+                f"{describe(engine)}: another process has been migrating the schema for "
                 f"{SCHEMA_LOCK_WAIT_SECONDS:g}s"
             )
         try:
@@ -112,24 +134,24 @@ def upgrade_to_head(engine: Engine) -> None:
                 command.upgrade(cfg, "head")
         finally:
             lock.release()
-    log.info("migrated %s from %s to %s", masked(engine.url), before or "empty", head)
+    log.info("migrated %s from %s to %s", describe(engine), before or "empty", head)
 
 
 def require_head(engine: Engine) -> None:
     """Raise SchemaBehind unless the schema is exactly at this version's head.
 
-    A SQLite file that does not exist is refused before connecting, which would create it.
+    A database that connecting would create (a SQLite file that does not exist) is refused
+    before connecting.
     """
-    url = engine.url
-    file = url.database if engine.dialect.name == "sqlite" and not url.query.get("uri") else None
-    if file and file != ":memory:" and not Path(file).exists():
+    if backend_for(engine).database_missing(engine.url):
         raise SchemaBehind(
-            f"{masked(url)} does not exist; run `ultravox-etl migrate` or drop --no-migrate"
+            f"{describe(engine)} does not exist; run `ultravox-etl migrate` or drop --no-migrate"
         )
     with reporting_connection_errors(engine):
         current, head = current_revision(engine), head_revision()
+        _check_not_ahead(engine, current)
     if current != head:
         raise SchemaBehind(
-            f"the schema of {masked(engine.url)} is at {current or 'no revision'}, "
+            f"the schema of {describe(engine)} is at {current or 'no revision'}, "
             f"this version needs {head}; run `ultravox-etl migrate` or drop --no-migrate"
         )

@@ -1,25 +1,35 @@
 """The reporting tables (../shared/SCHEMA.md is the contract) as SQLAlchemy Core tables.
 
 Alembic migrations create and change these; a test compares the two with Alembic's
-autogenerate so they cannot drift apart. Columns beyond the contract serve the job itself:
-`call_hash` and `detail_hash` let a re-run skip an unchanged call without writing it.
+autogenerate on every database, so they cannot drift apart. Columns beyond the contract serve
+the job itself: digests let a re-run skip an unchanged record without writing it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
     Column,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    Numeric,
     Table,
     Text,
     UniqueConstraint,
 )
 
-from etl.load.dialect import JsonDocument, UtcDateTime
+from etl.domain import (
+    ID_MAX_LENGTH,
+    METADATA_KEY_MAX_CHARACTERS,
+    NAME_MAX_LENGTH,
+    SUMMED_COUNT_NAMES,
+)
+from etl.load.types import JsonDocument, UtcDateTime, key_text
 
 metadata = MetaData(
     naming_convention={
@@ -30,10 +40,19 @@ metadata = MetaData(
     }
 )
 
+Id = key_text(ID_MAX_LENGTH)
+"""An Ultravox id (batchId, callId, agentId) or another key made of one."""
+Name = key_text(NAME_MAX_LENGTH)
+"""A short indexed name: a status, a data message, a stream."""
+Digest = key_text(ID_MAX_LENGTH)
+"""A digest (32 hex digits), or a call key (a digest and an occurrence number)."""
+Seconds = Numeric(20, 9)
+"""A duration in seconds, to the nanosecond the API's durations can carry."""
+
 scheduled_batches = Table(
     "scheduled_batches",
     metadata,
-    Column("batch_id", Text, primary_key=True),
+    Column("batch_id", Id, primary_key=True),
     Column("agent_id", Text, nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False),
     Column("last_synced_at", UtcDateTime),
@@ -51,6 +70,9 @@ scheduled_batches = Table(
     Column("details_synced_at", UtcDateTime),
 )
 
+_RUN_COUNTS = tuple(name for name in SUMMED_COUNT_NAMES if name != "pages")
+"""The counts a run record adds up (as calls_<name>): etl_runs has no pages column."""
+
 etl_runs = Table(
     "etl_runs",
     metadata,
@@ -60,47 +82,60 @@ etl_runs = Table(
     Column("status", Text, nullable=False),
     Column("batches_ok", Integer, nullable=False, default=0),
     Column("batches_failed", Integer, nullable=False, default=0),
-    Column("calls_fetched", Integer, nullable=False, default=0),
-    Column("calls_inserted", Integer, nullable=False, default=0),
-    Column("calls_updated", Integer, nullable=False, default=0),
-    Column("calls_unchanged", Integer, nullable=False, default=0),
-    Column("calls_removed", Integer, nullable=False, default=0),
-    Column("calls_rejected", Integer, nullable=False, default=0),
+    *(Column(f"calls_{name}", Integer, nullable=False, default=0) for name in _RUN_COUNTS),
     Column("error", Text),
 )
+
+
+def _count_columns() -> list[Column[Any]]:
+    """The per-listing counts of etl.domain.StreamCounts, one column each."""
+    return [
+        *(Column(name, Integer, nullable=False, default=0) for name in SUMMED_COUNT_NAMES),
+        Column("api_total", Integer),
+    ]
+
 
 etl_batch_runs = Table(
     "etl_batch_runs",
     metadata,
     Column("run_id", Integer, ForeignKey("etl_runs.run_id", ondelete="CASCADE"), primary_key=True),
-    Column("batch_id", Text, primary_key=True),
+    Column("batch_id", Id, primary_key=True),
     Column("agent_id", Text, nullable=False),
     Column("status", Text, nullable=False),
-    Column("pages", Integer, nullable=False, default=0),
-    Column("fetched", Integer, nullable=False, default=0),
-    Column("inserted", Integer, nullable=False, default=0),
-    Column("updated", Integer, nullable=False, default=0),
-    Column("unchanged", Integer, nullable=False, default=0),
-    Column("removed", Integer, nullable=False, default=0),
-    Column("rejected", Integer, nullable=False, default=0),
-    Column("api_total", Integer),
+    *_count_columns(),  # the sums over the batch's streams
     Column("error", Text),
     Column("note", Text),  # why a batch was skipped, locked or found removed; not an error
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
 )
 
+etl_stream_runs = Table(
+    "etl_stream_runs",
+    metadata,
+    Column("run_id", Integer, primary_key=True),
+    Column("batch_id", Id, primary_key=True),
+    Column("stream", Name, primary_key=True),
+    *_count_columns(),
+    Column("note", Text),  # e.g. why the stream was not listed this run
+    # Deleted with its batch's record, which is written first.
+    ForeignKeyConstraint(
+        ["run_id", "batch_id"],
+        ["etl_batch_runs.run_id", "etl_batch_runs.batch_id"],
+        ondelete="CASCADE",
+    ),
+)
+
 scheduled_calls = Table(
     "scheduled_calls",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("batch_id", Text, ForeignKey("scheduled_batches.batch_id"), nullable=False),
+    Column("batch_id", Id, ForeignKey("scheduled_batches.batch_id"), nullable=False),
     Column("agent_id", Text, nullable=False),
-    Column("call_key", Text, nullable=False),
-    # NULLs never collide in a UNIQUE constraint (SQLite and PostgreSQL alike), so this is
+    Column("call_key", Digest, nullable=False),
+    # NULLs never collide in a UNIQUE constraint (on every supported database), so this is
     # "unique where not null" without a partial index.
-    Column("call_id", Text, unique=True),
-    Column("status", Text, nullable=False),
+    Column("call_id", Id, unique=True),
+    Column("status", Name, nullable=False),
     Column("error", Text),
     Column("medium_type", Text, nullable=False),
     Column("metadata", JsonDocument),
@@ -116,19 +151,31 @@ scheduled_calls = Table(
     # (secrets removed), as ASCII JSON text in which they are escapes (\u0000, \ud800):
     # json.loads() of it gives the record back.
     Column("nul_escaped_record", Text),
+    # The digest of the call's definition (the call key without its occurrence number):
+    # identical definitions are told apart by their state, see etl.load.scheduled_calls.
+    Column("definition_digest", Digest, nullable=False),
+    # The digest of the whole record as sent (secrets removed): equal means unchanged.
+    Column("record_digest", Digest, nullable=False),
     UniqueConstraint("batch_id", "call_key"),
     Index(None, "batch_id", "status"),
+    Index(None, "batch_id", "definition_digest"),
+    Index(None, "batch_id", "record_digest"),
 )
+
+
+def _child_of(parent: str, parent_id: str, name: str) -> Column[Any]:
+    return Column(
+        name,
+        Integer if parent_id == "id" else Id,
+        ForeignKey(f"{parent}.{parent_id}", ondelete="CASCADE"),
+        primary_key=True,
+    )
+
 
 scheduled_call_media = Table(
     "scheduled_call_media",
     metadata,
-    Column(
-        "scheduled_call_id",
-        Integer,
-        ForeignKey("scheduled_calls.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    _child_of("scheduled_calls", "id", "scheduled_call_id"),
     Column("medium_type", Text, nullable=False),
     Column("direction", Text),
     Column("to_address", Text),
@@ -147,28 +194,20 @@ scheduled_call_media = Table(
 scheduled_call_data_messages = Table(
     "scheduled_call_data_messages",
     metadata,
-    Column(
-        "scheduled_call_id",
-        Integer,
-        ForeignKey("scheduled_calls.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("message", Text, primary_key=True),
+    _child_of("scheduled_calls", "id", "scheduled_call_id"),
+    Column("message", Name, primary_key=True),
     Column("enabled", Boolean, nullable=False),
 )
+
+MetadataKey = key_text(METADATA_KEY_MAX_CHARACTERS)
 
 scheduled_call_metadata = Table(
     "scheduled_call_metadata",
     metadata,
-    Column(
-        "scheduled_call_id",
-        Integer,
-        ForeignKey("scheduled_calls.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("key", Text, primary_key=True),
+    _child_of("scheduled_calls", "id", "scheduled_call_id"),
+    Column("key", MetadataKey, primary_key=True),
     Column("value", Text, nullable=False),
-    # Not on value: PostgreSQL btree entries are capped near 2.7 kB and values may be long.
+    # Not on value: values may be long, and btree entries are capped (PostgreSQL ~2.7 kB).
     Index(None, "key"),
 )
 
@@ -191,12 +230,58 @@ scheduled_call_status_changes = Table(
     Column("observed_at", UtcDateTime, nullable=False),
 )
 
+calls = Table(
+    "calls",
+    metadata,
+    Column("call_id", Id, primary_key=True),
+    Column("batch_id", Id, ForeignKey("scheduled_batches.batch_id"), nullable=False, index=True),
+    Column("agent_id", Text),
+    Column("created_at", UtcDateTime),
+    Column("joined_at", UtcDateTime),
+    Column("ended_at", UtcDateTime),
+    Column("end_reason", Text),
+    Column("billed_duration_seconds", Seconds),
+    Column("billing_status", Text),
+    Column("billed_side_input_tokens", Integer),
+    Column("billed_side_output_tokens", Integer),
+    Column("short_summary", Text),
+    Column("summary", Text),
+    Column("medium_type", Text),
+    Column("first_speaker", Text),
+    Column("initial_output_medium", Text),
+    Column("language_hint", Text),
+    Column("model", Text),
+    Column("voice", Text),
+    Column("max_duration_seconds", Seconds),
+    Column("recording_enabled", Boolean),
+    Column("sip_billed_duration_seconds", Seconds),
+    Column("sip_termination_reason", Text),
+    Column("join_url_set", Boolean),  # whether the API sent a join URL (never the URL)
+    Column("metadata", JsonDocument),
+    Column("extra", JsonDocument),
+    Column("first_seen_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("removed_at", UtcDateTime),
+    Column("record_digest", Digest, nullable=False),
+    Column("nul_escaped_record", Text),
+)
+
+call_metadata = Table(
+    "call_metadata",
+    metadata,
+    _child_of("calls", "call_id", "call_id"),
+    Column("key", MetadataKey, primary_key=True),
+    Column("value", Text, nullable=False),
+    Index(None, "key"),
+)
+
 rejected_records = Table(
     "rejected_records",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("run_id", Integer, ForeignKey("etl_runs.run_id"), nullable=False, index=True),
     Column("batch_id", Text, nullable=False),
+    Column("stream", Text),  # the stream whose listing held the record
     Column("page", Integer, nullable=False),
     Column("position", Integer, nullable=False),
     Column("reason", Text, nullable=False),

@@ -10,12 +10,17 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from etl.load.dialect import JsonDocument, UtcDateTime
+from etl.load.types import JsonDocument, UtcDateTime, key_text
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# Indexed text: TEXT, or VARCHAR(n) on a database that cannot index TEXT (MySQL).
+Id = key_text(64)
+Name = key_text(255)
+MetadataKey = key_text(500)
 
 
 def upgrade() -> None:
@@ -38,7 +43,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "scheduled_batches",
-        sa.Column("batch_id", sa.Text(), nullable=False),
+        sa.Column("batch_id", Id, nullable=False),
         sa.Column("agent_id", sa.Text(), nullable=False),
         sa.Column("first_seen_at", UtcDateTime(), nullable=False),
         sa.Column("last_synced_at", UtcDateTime(), nullable=True),
@@ -48,7 +53,7 @@ def upgrade() -> None:
     op.create_table(
         "etl_batch_runs",
         sa.Column("run_id", sa.Integer(), nullable=False),
-        sa.Column("batch_id", sa.Text(), nullable=False),
+        sa.Column("batch_id", Id, nullable=False),
         sa.Column("agent_id", sa.Text(), nullable=False),
         sa.Column("status", sa.Text(), nullable=False),
         sa.Column("pages", sa.Integer(), nullable=False),
@@ -90,11 +95,11 @@ def upgrade() -> None:
     op.create_table(
         "scheduled_calls",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
-        sa.Column("batch_id", sa.Text(), nullable=False),
+        sa.Column("batch_id", Id, nullable=False),
         sa.Column("agent_id", sa.Text(), nullable=False),
-        sa.Column("call_key", sa.Text(), nullable=False),
-        sa.Column("call_id", sa.Text(), nullable=True),
-        sa.Column("status", sa.Text(), nullable=False),
+        sa.Column("call_key", Id, nullable=False),
+        sa.Column("call_id", Id, nullable=True),
+        sa.Column("status", Name, nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("medium_type", sa.Text(), nullable=False),
         sa.Column("metadata", JsonDocument, nullable=True),
@@ -123,7 +128,7 @@ def upgrade() -> None:
     op.create_table(
         "scheduled_call_data_messages",
         sa.Column("scheduled_call_id", sa.Integer(), nullable=False),
-        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("message", Name, nullable=False),
         sa.Column("enabled", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["scheduled_call_id"],
@@ -162,7 +167,7 @@ def upgrade() -> None:
     op.create_table(
         "scheduled_call_metadata",
         sa.Column("scheduled_call_id", sa.Integer(), nullable=False),
-        sa.Column("key", sa.Text(), nullable=False),
+        sa.Column("key", MetadataKey, nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
             ["scheduled_call_id"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from etl.load.dialect import UtcDateTime
+from etl.load.types import UtcDateTime
 
 revision = "0002"
 down_revision = "0001"

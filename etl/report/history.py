@@ -8,17 +8,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, inspect, select
 
+from etl.domain import COUNT_NAMES, RunStatus
+from etl.load.backends import backend_for
 from etl.load.database import open_engine, reporting_connection_errors, require_head
-from etl.load.schema import etl_batch_runs, etl_runs
-from etl.report import RunStatus, batch_line
+from etl.load.schema import etl_batch_runs, etl_runs, etl_stream_runs
+from etl.report.records import RUN_COUNT_NAMES
+from etl.report.summary import batch_line
+from etl.streams import stream_names
 
-RUN_COUNTS = ("fetched", "inserted", "updated", "unchanged", "removed", "rejected")
-BATCH_COUNTS = ("pages", "fetched", "inserted", "updated", "unchanged", "removed", "rejected")
+
+@dataclass(frozen=True)
+class StreamRunRecord:
+    stream: str
+    counts: dict[str, int | None]
+    note: str | None
 
 
 @dataclass(frozen=True)
@@ -26,8 +33,9 @@ class BatchRunRecord:
     batch_id: str
     agent_id: str
     status: str
-    counts: dict[str, int]
-    api_total: int | None
+    counts: dict[str, int | None]
+    """The batch's counts over its streams (api_total included)."""
+    streams: list[StreamRunRecord]
     error: str | None
     note: str | None
     """Why a batch was skipped, locked or found removed (etl_batch_runs.note)."""
@@ -61,11 +69,8 @@ def read_history(database_url: str, limit: int = 10) -> list[RunRecord]:
     """
     engine = open_engine(database_url)
     try:
-        url = engine.url
-        if engine.dialect.name == "sqlite" and not url.query.get("uri"):
-            file = url.database
-            if not file or file == ":memory:" or not Path(file).exists():
-                return []
+        if backend_for(engine).database_missing(engine.url):
+            return []
         with reporting_connection_errors(engine):
             if not has_history(engine):
                 return []
@@ -97,6 +102,21 @@ def latest_runs(engine: Engine, limit: int = 10) -> list[RunRecord]:
             if ids
             else []
         )
+        stream_rows = (
+            conn.execute(select(etl_stream_runs).where(etl_stream_runs.c.run_id.in_(ids))).all()
+            if ids
+            else []
+        )
+    streams: dict[tuple[int, str], list[StreamRunRecord]] = {}
+    order = {name: n for n, name in enumerate(stream_names())}
+    for row in sorted(stream_rows, key=lambda r: order.get(r.stream, len(order))):
+        streams.setdefault((row.run_id, row.batch_id), []).append(
+            StreamRunRecord(
+                stream=row.stream,
+                counts={name: getattr(row, name) for name in COUNT_NAMES},
+                note=row.note,
+            )
+        )
     batches: dict[int, list[BatchRunRecord]] = {run_id: [] for run_id in ids}
     for row in batch_rows:
         batches[row.run_id].append(
@@ -104,8 +124,8 @@ def latest_runs(engine: Engine, limit: int = 10) -> list[RunRecord]:
                 batch_id=row.batch_id,
                 agent_id=row.agent_id,
                 status=row.status,
-                counts={name: getattr(row, name) for name in BATCH_COUNTS},
-                api_total=row.api_total,
+                counts={name: getattr(row, name) for name in COUNT_NAMES},
+                streams=streams.get((row.run_id, row.batch_id), []),
                 error=row.error,
                 note=row.note,
                 started_at=row.started_at,
@@ -120,7 +140,7 @@ def latest_runs(engine: Engine, limit: int = 10) -> list[RunRecord]:
             finished_at=row.finished_at,
             batches_ok=row.batches_ok,
             batches_failed=row.batches_failed,
-            calls={name: getattr(row, f"calls_{name}") for name in RUN_COUNTS},
+            calls={name: getattr(row, f"calls_{name}") for name in RUN_COUNT_NAMES},
             error=row.error,
             batches=batches[row.run_id],
         )
@@ -173,9 +193,10 @@ def format_runs(runs: list[RunRecord]) -> list[str]:
             line += f"; error: {run.error}"
         lines.append(line)
         for b in run.batches:
-            counts = {**b.counts, "api_total": b.api_total}
+            # Runs before per-stream records: the batch's own counts stand for its one stream.
+            streams = [(s.stream, s.counts if s.note is None else None, s.note) for s in b.streams]
             lines.append(
-                "  " + batch_line(b.batch_id, b.status, counts, note=b.note, error=b.error)
+                "  " + batch_line(b.batch_id, b.status, streams, note=b.note, error=b.error)
             )
     return lines
 
@@ -202,7 +223,8 @@ def runs_as_json(runs: list[RunRecord]) -> str:
                     "batch_id": b.batch_id,
                     "agent_id": b.agent_id,
                     "status": b.status,
-                    "counts": {**b.counts, "api_total": b.api_total},
+                    "counts": b.counts,
+                    "streams": {s.stream: {**s.counts, "note": s.note} for s in b.streams},
                     "error": b.error,
                     "note": b.note,
                     "started_at": _iso(b.started_at),

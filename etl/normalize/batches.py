@@ -5,9 +5,11 @@ The batch's `webhookSecret` is a secret: it is never part of any row.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
+
+from etl.normalize import fields
 
 DETAIL_COLUMNS = (
     "created",
@@ -33,34 +35,23 @@ _TYPED = {
     "completedCount": ("completed_count", int),
     "webhookUrl": ("webhook_url", str),
 }
-
-
-def parse_timestamp(value: Any) -> datetime | None:
-    """An ISO-8601 timestamp as an aware UTC datetime; None if absent or unreadable."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def batch_details_row(details: Mapping[str, Any]) -> dict[str, Any]:
     """The detail columns of scheduled_batches; a field of the wrong type becomes NULL."""
     row: dict[str, Any] = {}
     for api_name, column in _TIMESTAMPS.items():
-        row[column] = parse_timestamp(details.get(api_name))
+        row[column] = fields.timestamp(details.get(api_name))
     for api_name, (column, kind) in _TYPED.items():
-        value = details.get(api_name)
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        row[column] = value if ok else None
+        row[column] = fields.typed(details.get(api_name), kind)
     return row
 
 
 def batch_id_of(details: Mapping[str, Any]) -> str | None:
-    """The lowercase batchId of a batch object, if it has a usable one."""
+    """The lowercase batchId of a batch object, if it is a UUID (as the API documents)."""
     value = details.get("batchId")
-    return value.lower() if isinstance(value, str) and value else None
+    if not isinstance(value, str):
+        return None
+    value = value.lower()
+    return value if _UUID.fullmatch(value) else None

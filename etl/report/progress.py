@@ -1,11 +1,11 @@
 """Progress of a long sync: live lines on a terminal, a periodic log line elsewhere.
 
 Both reporters are `etl.pipeline.Progress` callables: sync() calls them from its worker
-threads after every loaded page with the batch's running counts, so they only take a lock,
-note the numbers and, now and then, write.
+threads after every loaded page with the batch, the stream and its running counts, so they
+only take a lock, note the numbers and, now and then, write.
 
-- `TerminalProgress`: one line per batch being synced, redrawn in place on stderr (pages,
-  calls against the API's total, calls/s); log lines are written above them.
+- `TerminalProgress`: one line per batch and stream being synced, redrawn in place on stderr
+  (pages, records against the API's total, records/s); log lines are written above them.
 - `LogProgress`: at most one INFO line per batch every `interval` seconds (event
   `progress`, with the counts), for cron mail, journald and log shippers.
 """
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Protocol, TextIO
 
 from etl.config import BatchRef
-from etl.logs import ConsoleHandler
-from etl.report import BatchCounts
+from etl.domain import StreamCounts
+from etl.report.logs import ConsoleHandler
 
 log = logging.getLogger("etl.progress")
 
@@ -37,7 +37,7 @@ _RATE_AFTER_SECONDS = 0.5
 
 
 class Reporter(Protocol):
-    def __call__(self, batch: BatchRef, counts: BatchCounts) -> None: ...
+    def __call__(self, batch: BatchRef, stream: str, counts: StreamCounts) -> None: ...
 
     def close(self) -> None: ...
 
@@ -45,6 +45,7 @@ class Reporter(Protocol):
 @dataclass
 class _BatchProgress:
     batch_id: str
+    stream: str
     started: float
     fetched_at_start: int
     pages: int = 0
@@ -52,7 +53,7 @@ class _BatchProgress:
     api_total: int | None = None
     updated: float = 0.0
 
-    def note(self, counts: BatchCounts, now: float) -> None:
+    def note(self, counts: StreamCounts, now: float) -> None:
         self.pages = counts.pages
         self.fetched = counts.fetched
         self.api_total = counts.api_total
@@ -70,14 +71,14 @@ class _BatchProgress:
 
     def describe(self, now: float) -> str:
         if self.api_total is None:
-            calls = f"{self.fetched} calls"
+            records = f"{self.fetched} records"
         else:
             share = 100 * self.fetched / self.api_total if self.api_total else 100.0
-            calls = f"{self.fetched}/{self.api_total} calls ({share:.0f}%)"
+            records = f"{self.fetched}/{self.api_total} records ({share:.0f}%)"
         rate = self.rate(now)
-        speed = "" if rate is None else f", {rate:.0f} calls/s"
+        speed = "" if rate is None else f", {rate:.0f}/s"
         pages = "page" if self.pages == 1 else "pages"
-        return f"batch {self.batch_id}: {self.pages} {pages}, {calls}{speed}"
+        return f"batch {self.batch_id} {self.stream}: {self.pages} {pages}, {records}{speed}"
 
 
 class _Tracker:
@@ -86,16 +87,20 @@ class _Tracker:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.lock = threading.Lock()
-        self.batches: dict[str, _BatchProgress] = {}
+        self.batches: dict[tuple[str, str], _BatchProgress] = {}
 
-    def note(self, batch: BatchRef, counts: BatchCounts) -> tuple[_BatchProgress, float]:
-        """Record the counts (the caller holds `lock`); the batch's state and the time."""
+    def note(
+        self, batch: BatchRef, stream: str, counts: StreamCounts
+    ) -> tuple[_BatchProgress, float]:
+        """Record the counts (the caller holds `lock`); the listing's state and the time."""
         now = self.clock()
-        state = self.batches.get(batch.batch_id)
+        state = self.batches.get((batch.batch_id, stream))
         if state is None:
             # First sight is after the first page: measure the rate from here on.
-            state = _BatchProgress(batch.batch_id, started=now, fetched_at_start=counts.fetched)
-            self.batches[batch.batch_id] = state
+            state = _BatchProgress(
+                batch.batch_id, stream, started=now, fetched_at_start=counts.fetched
+            )
+            self.batches[(batch.batch_id, stream)] = state
         state.note(counts, now)
         return state, now
 
@@ -131,11 +136,11 @@ class TerminalProgress:
         if handler is not None:
             handler.around = self._around
 
-    def __call__(self, batch: BatchRef, counts: BatchCounts) -> None:
+    def __call__(self, batch: BatchRef, stream: str, counts: StreamCounts) -> None:
         with self._tracker.lock:
             if self._closed:
                 return
-            state, now = self._tracker.note(batch, counts)
+            state, now = self._tracker.note(batch, stream, counts)
             due = self._last_draw is None or now - self._last_draw >= self.redraw_seconds
             if due or state.done:
                 self._redraw(now)
@@ -207,20 +212,24 @@ class LogProgress:
         self.interval = interval
         self.logger = logger
         self._tracker = _Tracker(clock)
-        self._logged: dict[str, float] = {}
+        self._logged: dict[tuple[str, str], float] = {}
 
-    def __call__(self, batch: BatchRef, counts: BatchCounts) -> None:
+    def __call__(self, batch: BatchRef, stream: str, counts: StreamCounts) -> None:
         with self._tracker.lock:
-            state, now = self._tracker.note(batch, counts)
-            last = self._logged.setdefault(batch.batch_id, state.started)
+            state, now = self._tracker.note(batch, stream, counts)
+            last = self._logged.setdefault((batch.batch_id, stream), state.started)
             if now - last < self.interval or state.done:
                 return
-            self._logged[batch.batch_id] = now
+            self._logged[(batch.batch_id, stream)] = now
             message = state.describe(now)
         self.logger.info(
             "progress: %s",
             message,
-            extra={"batch_id": batch.batch_id, "event": "progress", "counts": counts.as_dict()},
+            extra={
+                "batch_id": batch.batch_id,
+                "event": "progress",
+                "streams": {stream: counts.as_dict()},
+            },
         )
 
     def close(self) -> None:

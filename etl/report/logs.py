@@ -1,8 +1,9 @@
 """Logging for unattended runs: human-readable lines by default, JSON lines for log shippers.
 
 Log calls carry their structured fields through `extra` (see etl.pipeline): `run_id`,
-`batch_id`, `event` and `counts`. The JSON formatter puts each one, when present, beside
-`timestamp` (ISO 8601, UTC), `level`, `logger` and `message`, one object per line.
+`batch_id`, `event`, `counts` (totals) and `streams` (counts per stream). The JSON formatter
+puts each one, when present, beside `timestamp` (ISO 8601, UTC), `level`, `logger` and
+`message`, one object per line.
 
 Nothing here adds a secret to a line: the API key is never passed to a log call, and
 database URLs are logged masked by the code that logs them.
@@ -17,12 +18,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
-from etl.report import RunResult
+from etl.report.results import RunResult
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-STRUCTURED_FIELDS = ("run_id", "batch_id", "event", "counts")
+STRUCTURED_FIELDS = ("run_id", "batch_id", "event", "counts", "streams")
 """Record attributes, set through `extra`, that a JSON line carries when a record has them."""
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -115,14 +116,24 @@ def use_format(log_format: LogFormat) -> None:
         handler.setFormatter(formatter_for(log_format))
 
 
-def run_totals(result: RunResult) -> dict[str, int]:
-    """The run's counts added up over its batches, plus batches per status."""
-    totals = {"batches": len(result.batches)}
-    for name in ("pages", "fetched", "inserted", "updated", "unchanged", "removed", "rejected"):
-        totals[name] = sum(getattr(b.counts, name) for b in result.batches)
-    for batch in result.batches:
-        key = f"batches_{batch.status.value}"
-        totals[key] = totals.get(key, 0) + 1
+def fatal(message: str) -> None:
+    """The line that ends a run which could not go on: plain `ultravox-etl: …` on stderr,
+    or, under JSON logs, one JSON object like every other line."""
+    handler = console_handler()
+    if handler is not None and isinstance(handler.formatter, JsonFormatter):
+        log.critical("ultravox-etl: %s", message, extra={"event": "fatal"})
+    else:
+        print(f"ultravox-etl: {message}", file=sys.stderr)
+
+
+def run_totals(result: RunResult) -> dict[str, int | None]:
+    """The run's counts added up over its batches and streams, plus batches per status."""
+    totals: dict[str, int | None] = {"batches": len(result.batches)}
+    totals.update(result.totals().as_dict())
+    del totals["api_total"]
+    for status, count in result.batches_by_status().items():
+        if count:
+            totals[f"batches_{status}"] = count
     return totals
 
 
@@ -131,10 +142,15 @@ def log_run_finished(result: RunResult, logger: logging.Logger = log) -> None:
     level = logging.INFO if result.exit_code == 0 else logging.WARNING
     logger.log(
         level,
-        "run %d %s: %d batches, %d calls fetched",
+        "run %d %s: %d batches, %d records fetched",
         result.run_id,
         result.status.value,
         len(result.batches),
-        sum(b.counts.fetched for b in result.batches),
-        extra={"run_id": result.run_id, "event": "run_finished", "counts": run_totals(result)},
+        result.totals().fetched,
+        extra={
+            "run_id": result.run_id,
+            "event": "run_finished",
+            "counts": run_totals(result),
+            "streams": {name: c.as_dict() for name, c in result.stream_totals().items()},
+        },
     )

@@ -1,8 +1,8 @@
-"""The Ultravox resources this job reads, one function per endpoint."""
+"""The Ultravox endpoints this job reads, by path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -19,23 +19,19 @@ def batch_path(batch: BatchRef) -> str:
     return f"{agent_path(batch.agent_id)}/{quote(batch.batch_id, safe='')}"
 
 
-def scheduled_call_pages(
+def batch_listing_pages(
     client: UltravoxClient,
     batch: BatchRef,
+    path: str,
+    params: Mapping[str, str],
     *,
     page_size: int,
-    status: str | None = None,
+    where: str,
 ) -> Iterator[Page]:
-    """Every page of `GET …/scheduled_batches/{batch_id}/scheduled_calls`.
-
-    With `status`, only the calls in that status (the API's own filter).
-    """
-    params: dict[str, str | int] = {"pageSize": page_size}
-    where = f"batch {batch.batch_id}"
-    if status is not None:
-        params["status"] = status
-        where += f" (status {status})"
-    return iterate_pages(client, f"{batch_path(batch)}/scheduled_calls", params, where=where)
+    """Every page of `GET …/scheduled_batches/{batch_id}/{path}` with these query params."""
+    return iterate_pages(
+        client, f"{batch_path(batch)}/{path}", {"pageSize": page_size, **params}, where=where
+    )
 
 
 def batch_details(client: UltravoxClient, batch: BatchRef) -> dict[str, Any]:

@@ -1,0 +1,178 @@
+"""Loading a stream whose records carry their own id: upsert by key, skip what is unchanged.
+
+A stream declares its main table (keyed by the record's id, with `batch_id`, `record_digest`,
+`first_seen_at`, `updated_at` and `removed_at`), its child key/value tables, and a pure
+function from a record to its rows. Per page, one lookup reads the stored digests of the
+page's keys; a record whose digest is stored is unchanged and costs nothing more; new rows
+are inserted, changed ones updated (their child rows replaced), in one transaction on the
+batch's connection. A key listed twice in one listing, or already held by another batch,
+is a rejected record. After a complete listing, stored rows it did not show are marked
+removed (and cleared if they come back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Table
+
+from etl.domain import StreamCounts
+from etl.load.backends import backend_for, driver_errors_translated
+from etl.load.rejects import RejectCollector
+from etl.normalize.json_values import RecordError
+from etl.streams import BatchContext, PageResult
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedRows:
+    """One record as rows: the main row's values by column, and child rows by table."""
+
+    key: str
+    record_digest: str
+    values: Mapping[str, Any]
+    """Main table columns, in the database's form (JSON as text), key and batch excluded."""
+    children: Mapping[str, Sequence[tuple[Any, ...]]]
+    """Child rows by table name, each without its leading key column."""
+    new_values: frozenset[tuple[str, str]] = frozenset()
+    """(field, value) for values of documented enumerations this version does not know."""
+
+
+@dataclass(frozen=True)
+class KeyedStreamSpec:
+    """What a keyed stream's loader needs to know about its tables and records."""
+
+    stream: str
+    table: Table
+    key: str
+    children: tuple[Table, ...]
+    record_key: Callable[[Any], str | None]
+    """The id of any JSON value, as stored (None: it has no usable one)."""
+    digest: Callable[[Any], str]
+    """The record digest of any JSON value (secrets removed first)."""
+    rows: Callable[[Any, str, bool], KeyedRows]
+    """The rows of a record, given its digest and whether its page was read leniently;
+    raises RecordError for a record that cannot be stored."""
+    without_secrets: Callable[[Any], Any]
+    """The record as rejected_records may keep it."""
+
+
+class KeyedRowsLoader:
+    """Writes one sync's listing of one batch's records of a keyed stream."""
+
+    def __init__(self, spec: KeyedStreamSpec, context: BatchContext) -> None:
+        self.spec = spec
+        self.context = context
+        self.backend = backend_for(context.conn)
+        self._seen: set[str] = set()
+        value_columns = [
+            c.name
+            for c in spec.table.columns
+            if c.name not in (spec.key, "batch_id", "first_seen_at", "removed_at")
+        ]
+        self._columns = tuple(value_columns)
+
+    def load_page(self, page_number: int, records: list[Any], *, lenient: bool) -> PageResult:
+        spec = self.spec
+        counts = StreamCounts(pages=1, fetched=len(records))
+        result = PageResult(counts)
+        conn = self.context.conn
+        batch_id = self.context.batch.batch_id
+        with conn.begin(), driver_errors_translated(conn):
+            db = self.backend.bulk(conn)
+            rejects = RejectCollector(self.context, spec.stream, page_number, spec.without_secrets)
+            digests = [spec.digest(r) for r in records]
+            record_keys = [spec.record_key(r) for r in records]
+            keys = sorted({k for k in record_keys if k is not None})
+            stored = {
+                key: (digest, owner, removed_at)
+                for key, digest, owner, removed_at in db.select_in(
+                    spec.table,
+                    (spec.key, "record_digest", "batch_id", "removed_at"),
+                    {},
+                    spec.key,
+                    keys,
+                )
+            }
+            new: list[KeyedRows] = []
+            changed: list[KeyedRows] = []
+            for position, (record, digest, key) in enumerate(
+                zip(records, digests, record_keys, strict=True)
+            ):
+                if key is not None and key in self._seen:
+                    rejects.add(position, f"{spec.key} {key} is listed twice in this batch", record)
+                    continue
+                old = stored.get(key) if key is not None else None
+                if old is not None and old[1] != batch_id:
+                    rejects.add(position, f"{spec.key} {key} belongs to batch {old[1]}", record)
+                    continue
+                if key is not None and old is not None and old[0] == digest and old[2] is None:
+                    self._seen.add(key)
+                    counts.unchanged += 1
+                    continue
+                try:
+                    rows = spec.rows(record, digest, lenient)
+                except RecordError as exc:
+                    rejects.add(position, str(exc), record)
+                    continue
+                self._seen.add(rows.key)
+                result.new_values |= rows.new_values
+                (new if old is None else changed).append(rows)
+            self._write(db, new, changed)
+            counts.inserted += len(new)
+            counts.updated += len(changed)
+            counts.rejected = len(rejects.rejected)
+            result.rejected = rejects.write(conn)
+        return result
+
+    def _write(self, db: Any, new: list[KeyedRows], changed: list[KeyedRows]) -> None:
+        spec = self.spec
+        ts = db.timestamp(self.context.clock())
+        batch_id = self.context.batch.batch_id
+        db.insert(
+            spec.table,
+            (spec.key, "batch_id", "first_seen_at", "removed_at", *self._columns),
+            [(r.key, batch_id, ts, None, *self._values(r, ts)) for r in new],
+        )
+        db.update_rows(
+            spec.table,
+            spec.key,
+            ("removed_at", *self._columns),
+            [(r.key, None, *self._values(r, ts)) for r in changed],
+        )
+        for child in spec.children:
+            db.delete_in(child, spec.key, [r.key for r in changed])
+            db.insert(
+                child,
+                [c.name for c in child.columns],
+                [(r.key, *row) for r in (*new, *changed) for row in r.children.get(child.name, ())],
+            )
+
+    def _values(self, rows: KeyedRows, ts: Any) -> list[Any]:
+        values = {**rows.values, "record_digest": rows.record_digest, "updated_at": ts}
+        return [values.get(c) for c in self._columns]
+
+    def finish(self, *, listed_to_end: bool, complete: bool) -> int:
+        if not (listed_to_end and complete):
+            return 0
+        conn = self.context.conn
+        with conn.begin(), driver_errors_translated(conn):
+            db = self.backend.bulk(conn)
+            absent = [
+                key
+                for key in db.select_ids(
+                    self.spec.table,
+                    self.spec.key,
+                    {"batch_id": self.context.batch.batch_id},
+                    "removed_at",
+                )
+                if key not in self._seen
+            ]
+            db.update_in(
+                self.spec.table,
+                {"removed_at": db.timestamp(self.context.clock())},
+                self.spec.key,
+                absent,
+            )
+        return len(absent)

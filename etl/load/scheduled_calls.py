@@ -1,0 +1,464 @@
+"""Loading a batch's scheduled calls: which stored row each record is, then set-based writes.
+
+Scheduled calls have no id of their own, and the API's listing order is not documented, so
+each record is matched to a stored row of its batch (SCHEMA.md, "Call identity"):
+
+1. a record whose digest equals an unclaimed stored row's is that row, unchanged: it costs a
+   digest and a lookup, nothing more;
+2. a record with a callId is the row with that callId, always; a callId listed twice, or
+   held by a call of another batch, is a rejected record (it never jams the batch);
+3. the others match an unclaimed row of the same definition by state before order: the
+   same state, then the same status (an error or a callId filled in), then a row still
+   behind it on FUTURE → PENDING → final (the furthest along first); a row with a callId is
+   only ever matched by that callId, and a row never moves from a final status back to a
+   waiting one;
+4. a record that matches nothing is a new row, keyed by its definition and the next unused
+   occurrence number.
+
+"Claimed" rows are remembered for the whole listing (one bit per row id), so two records
+never become one row; the rows a complete listing did not claim are marked removed by
+`finish`. Each page is one transaction on the batch's own connection, which holds the
+batch's lock: when the database drops that connection, the lock and the writes stop together.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from sqlalchemy import update
+
+from etl.domain import KNOWN_STATUSES, StreamCounts, status_rank
+from etl.load.backends import Bulk, backend_for, driver_errors_translated, json_text
+from etl.load.rejects import RejectCollector
+from etl.load.schema import (
+    scheduled_batches,
+    scheduled_call_data_messages,
+    scheduled_call_media,
+    scheduled_call_metadata,
+    scheduled_call_status_changes,
+    scheduled_calls,
+)
+from etl.normalize.json_values import RecordError
+from etl.normalize.medium import MEDIA_COLUMNS, MEDIA_JSON_COLUMNS
+from etl.streams import BatchContext, PageResult
+from etl.streams.scheduled_calls import (
+    NormalizedScheduledCall,
+    check_record,
+    normalize_record,
+    record_digest,
+    secret_free_payload,
+)
+
+STREAM = "scheduled_calls"
+
+
+class StoredCall(NamedTuple):
+    """A stored scheduled call as the matching reads it (the field names are its columns)."""
+
+    id: int
+    batch_id: str
+    call_key: str
+    definition_digest: str
+    record_digest: str
+    status: str
+    call_id: str | None
+    error: str | None
+    call_hash: str
+    detail_hash: str
+    updated_at: Any
+    """As the driver returns it; written back unchanged when only child rows changed."""
+    removed_at: Any
+
+    @property
+    def occurrence(self) -> int:
+        return int(self.call_key.rpartition("#")[2])
+
+
+_STORED = StoredCall._fields
+_BY_DIGEST = ("id", "record_digest", "removed_at")
+# What a write sets; first_seen_at only on insert.
+_WRITTEN = (
+    "call_key",
+    "call_id",
+    "status",
+    "error",
+    "medium_type",
+    "metadata",
+    "template_context",
+    "experimental_settings",
+    "nul_escaped_record",
+    "call_hash",
+    "detail_hash",
+    "definition_digest",
+    "record_digest",
+    "updated_at",
+    "removed_at",
+)
+_INSERTED = ("batch_id", "agent_id", "first_seen_at", *_WRITTEN)
+_HISTORY = (
+    "scheduled_call_id",
+    "run_id",
+    "from_status",
+    "to_status",
+    "call_id",
+    "error",
+    "observed_at",
+)
+_media_values = operator.attrgetter(*MEDIA_COLUMNS)
+_MEDIA_IS_JSON = tuple(c in MEDIA_JSON_COLUMNS for c in MEDIA_COLUMNS)
+
+
+class SeenIds:
+    """The row ids one listing has claimed: one bit per id, so memory stays flat."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def add(self, row_id: int) -> None:
+        byte, bit = divmod(row_id, 8)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(byte - len(self._bits) + 1 + len(self._bits) // 2))
+        self._bits[byte] |= 1 << bit
+
+    def __contains__(self, row_id: object) -> bool:
+        if not isinstance(row_id, int):
+            return False
+        byte, bit = divmod(row_id, 8)
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << bit))
+
+
+class _Match(NamedTuple):
+    call: NormalizedScheduledCall
+    stored: StoredCall | None
+    """None: a new row."""
+    call_key: str
+
+
+class ScheduledCallLoader:
+    """Writes one sync's listings of one batch's scheduled calls (see the module doc)."""
+
+    def __init__(self, context: BatchContext) -> None:
+        self.context = context
+        self.batch = context.batch
+        self.backend = backend_for(context.conn)
+        self._seen = SeenIds()
+
+    def load_page(self, page_number: int, records: list[Any], *, lenient: bool) -> PageResult:
+        counts = StreamCounts(pages=1, fetched=len(records))
+        result = PageResult(counts)
+        conn = self.context.conn
+        with conn.begin(), driver_errors_translated(conn):
+            db = self.backend.bulk(conn)
+            rejects = RejectCollector(self.context, STREAM, page_number, secret_free_payload)
+            changed = self._unchanged_skipped(db, records, lenient, counts, rejects)
+            if changed:
+                self._write(db, self._matched(db, changed, records, rejects), counts, result)
+            counts.rejected = len(rejects.rejected)
+            result.rejected = rejects.write(conn)
+        return result
+
+    # -- reading: which records need work --------------------------------------------------------
+
+    def _unchanged_skipped(
+        self,
+        db: Bulk,
+        records: list[Any],
+        lenient: bool,
+        counts: StreamCounts,
+        rejects: RejectCollector,
+    ) -> list[NormalizedScheduledCall]:
+        """Claim the rows of records stored exactly as sent; normalize the others."""
+        digests = [record_digest(r) for r in records]
+        by_digest: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        for row_id, digest, removed_at in db.select_in(
+            scheduled_calls, _BY_DIGEST, {"batch_id": self.batch.batch_id}, "record_digest", digests
+        ):
+            by_digest[digest].append((row_id, removed_at))
+        changed = []
+        seen = self._seen
+        for position, (record, digest) in enumerate(zip(records, digests, strict=True)):
+            row_id = next(
+                (
+                    i
+                    for i, removed in by_digest.get(digest, ())
+                    if removed is None and i not in seen
+                ),
+                None,
+            )
+            if row_id is not None:
+                seen.add(row_id)
+                counts.unchanged += 1
+                continue
+            try:
+                check_record(record, self.batch, lenient=lenient)
+            except RecordError as exc:
+                rejects.add(position, str(exc), record)
+                continue
+            changed.append(
+                normalize_record(
+                    record, position=position, digest_of_record=digest, may_hold_nul=lenient
+                )
+            )
+        return changed
+
+    def _matched(
+        self,
+        db: Bulk,
+        calls: list[NormalizedScheduledCall],
+        records: list[Any],
+        rejects: RejectCollector,
+    ) -> list[_Match]:
+        """Each call's stored row (or a new key), per the module doc's rules."""
+        batch_id = self.batch.batch_id
+        stored = {
+            row.id: row
+            for row in map(
+                StoredCall._make,
+                db.select_in(
+                    scheduled_calls,
+                    _STORED,
+                    {"batch_id": batch_id},
+                    "definition_digest",
+                    sorted({c.definition_digest for c in calls}),
+                ),
+            )
+        }
+        by_call_id = {row.call_id: row for row in stored.values() if row.call_id}
+        wanted = sorted({c.call.call_id for c in calls if c.call.call_id} - by_call_id.keys())
+        elsewhere: dict[str, str] = {}
+        for row in map(
+            StoredCall._make, db.select_in(scheduled_calls, _STORED, {}, "call_id", wanted)
+        ):
+            if row.batch_id == batch_id:
+                by_call_id[str(row.call_id)] = row
+            else:
+                elsewhere[str(row.call_id)] = row.batch_id
+        by_definition: dict[str, list[StoredCall]] = defaultdict(list)
+        for row in sorted(stored.values(), key=lambda r: r.occurrence):
+            by_definition[row.definition_digest].append(row)
+
+        matches: list[_Match] = []
+        by_state: list[NormalizedScheduledCall] = []
+        on_page: set[str] = set()
+        seen = self._seen
+        for call in calls:
+            call_id = call.call.call_id
+            if call_id is None:
+                by_state.append(call)
+                continue
+            if call_id in on_page or (call_id in by_call_id and by_call_id[call_id].id in seen):
+                rejects.add(
+                    call.position,
+                    f"callId {call_id} is listed twice in this batch",
+                    records[call.position],
+                )
+                continue
+            on_page.add(call_id)
+            if call_id in elsewhere:
+                rejects.add(
+                    call.position,
+                    f"callId {call_id} belongs to a call of batch {elsewhere[call_id]}",
+                    records[call.position],
+                )
+                continue
+            holder = by_call_id.get(call_id)
+            if holder is None:
+                by_state.append(call)
+                continue
+            seen.add(holder.id)
+            matches.append(_Match(call, holder, holder.call_key))
+
+        next_occurrence = {
+            d: (rows[-1].occurrence if rows else 0) for d, rows in by_definition.items()
+        }
+        for call in by_state:
+            match = _best_candidate(by_definition.get(call.definition_digest, ()), call, seen)
+            if match is not None:
+                seen.add(match.id)
+                matches.append(_Match(call, match, match.call_key))
+                continue
+            occurrence = next_occurrence.get(call.definition_digest, 0) + 1
+            next_occurrence[call.definition_digest] = occurrence
+            matches.append(_Match(call, None, f"{call.definition_digest}#{occurrence}"))
+        return matches
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def _write(
+        self, db: Bulk, matches: list[_Match], counts: StreamCounts, result: PageResult
+    ) -> None:
+        ts = db.timestamp(self.context.clock())
+        new = [m for m in matches if m.stored is None]
+        old = [m for m in matches if m.stored is not None]
+        ids = db.insert_with_ids(
+            scheduled_calls,
+            _INSERTED,
+            [(self.batch.batch_id, self.batch.agent_id, ts, *_written(m, ts)) for m in new],
+            key=("batch_id", "call_key"),
+        )
+        for row_id in ids:
+            self._seen.add(row_id)
+        db.update_rows(
+            scheduled_calls, "id", _WRITTEN, [(_stored(m).id, *_written(m, ts)) for m in old]
+        )
+        counts.inserted += len(new)
+        details: list[tuple[int, NormalizedScheduledCall]] = list(
+            zip(ids, (m.call for m in new), strict=True)
+        )
+        stale: list[int] = []
+        history: list[tuple[int, NormalizedScheduledCall, str | None]] = [
+            (row_id, m.call, None) for row_id, m in zip(ids, new, strict=True)
+        ]
+        for m in old:
+            row = _stored(m)
+            detail_changed = row.detail_hash != m.call.detail_hash
+            if detail_changed:
+                details.append((row.id, m.call))
+                stale.append(row.id)
+            if detail_changed or row.call_hash != m.call.call_hash or row.removed_at is not None:
+                counts.updated += 1
+            else:  # only the record's digest moved (say, its keys came in another order)
+                counts.unchanged += 1
+            c = m.call.call
+            if (row.status, row.call_id, row.error) != (c.status, c.call_id, c.error):
+                history.append((row.id, m.call, row.status))
+        self._replace_details(db, details, stale)
+        db.insert(
+            scheduled_call_status_changes,
+            _HISTORY,
+            [
+                (
+                    row_id,
+                    self.context.run_id,
+                    before,
+                    n.call.status,
+                    n.call.call_id,
+                    n.call.error,
+                    ts,
+                )
+                for row_id, n, before in history
+            ],
+        )
+        result.new_values.update(_unknown_statuses(m.call for m in matches))
+
+    def _replace_details(
+        self, db: Bulk, details: list[tuple[int, NormalizedScheduledCall]], stale: list[int]
+    ) -> None:
+        """Rewrite the child rows of calls that are new or whose child rows differ."""
+        if not details:
+            return
+        for table in (scheduled_call_media, scheduled_call_data_messages, scheduled_call_metadata):
+            db.delete_in(table, "scheduled_call_id", stale)
+        db.insert(
+            scheduled_call_media,
+            ("scheduled_call_id", *MEDIA_COLUMNS),
+            (
+                (
+                    row_id,
+                    *[
+                        json_text(v) if is_json else v
+                        for v, is_json in zip(_media_values(c.media), _MEDIA_IS_JSON, strict=True)
+                    ],
+                )
+                for row_id, c in details
+            ),
+        )
+        db.insert(
+            scheduled_call_data_messages,
+            ("scheduled_call_id", "message", "enabled"),
+            [(row_id, m, on) for row_id, c in details for m, on in c.data_messages],
+        )
+        db.insert(
+            scheduled_call_metadata,
+            ("scheduled_call_id", "key", "value"),
+            [(row_id, k, v) for row_id, c in details for k, v in c.metadata_entries],
+        )
+
+    def finish(self, *, listed_to_end: bool, complete: bool) -> int:
+        """After every page was read: note when; after a complete listing, mark the calls it
+        did not hold as removed. Returns how many were newly marked removed."""
+        if not listed_to_end:
+            return 0
+        conn = self.context.conn
+        now = self.context.clock()
+        with conn.begin(), driver_errors_translated(conn):
+            removed = 0
+            if complete:
+                db = self.backend.bulk(conn)
+                absent = [
+                    i
+                    for i in db.select_ids(
+                        scheduled_calls, "id", {"batch_id": self.batch.batch_id}, "removed_at"
+                    )
+                    if i not in self._seen
+                ]
+                db.update_in(scheduled_calls, {"removed_at": db.timestamp(now)}, "id", absent)
+                removed = len(absent)
+            conn.execute(
+                update(scheduled_batches)
+                .where(scheduled_batches.c.batch_id == self.batch.batch_id)
+                .values(last_synced_at=now, removed_at=None)
+            )
+        return removed
+
+
+def _stored(match: _Match) -> StoredCall:
+    assert match.stored is not None
+    return match.stored
+
+
+def _written(match: _Match, ts: Any) -> tuple[Any, ...]:
+    """The _WRITTEN values of a match: updated_at moves only when the call's own columns do."""
+    n, row = match.call, match.stored
+    c = n.call
+    updated_at = row.updated_at if row is not None and row.call_hash == n.call_hash else ts
+    return (
+        match.call_key,
+        c.call_id,
+        c.status,
+        c.error,
+        c.medium_type,
+        json_text(c.metadata),
+        json_text(c.template_context),
+        json_text(c.experimental_settings),
+        c.nul_escaped_record,
+        n.call_hash,
+        n.detail_hash,
+        n.definition_digest,
+        n.record_digest,
+        updated_at,
+        None,
+    )
+
+
+def _best_candidate(
+    rows: Iterable[StoredCall], call: NormalizedScheduledCall, seen: SeenIds
+) -> StoredCall | None:
+    """The unclaimed row of the call's definition it is, by state before order; None if
+    none can be (see the module doc). `rows` come in occurrence order."""
+    status, error = call.call.status, call.call.error
+    rank = status_rank(status)
+    best: tuple[int, int, int] | None = None
+    chosen = None
+    for row in rows:
+        if row.id in seen or row.call_id is not None:
+            continue
+        if row.status == status:
+            tier = 0 if row.error == error and call.call.call_id is None else 1
+            closeness = 0
+        elif status_rank(row.status) < rank:
+            tier, closeness = 2, rank - status_rank(row.status)
+        else:
+            continue
+        # A row marked removed comes back only when no row still listed can be this call.
+        score = (0 if row.removed_at is None else 1, tier, closeness)
+        if best is None or score < best:
+            best, chosen = score, row
+    return chosen
+
+
+def _unknown_statuses(calls: Iterable[NormalizedScheduledCall]) -> set[tuple[str, str]]:
+    return {("status", c.call.status) for c in calls if c.call.status not in KNOWN_STATUSES}
