@@ -1,0 +1,1 @@
+"""What runs did: run records, the summary, logs and progress, metrics, run history."""
