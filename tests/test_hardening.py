@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 import etl.normalize
 from etl import cli, pipeline
-from etl.fake_api import FakeBatch, FakeUltravox, _Response, retry_after_date
+from etl.fake_api import FakeBatch, FakeResponse, FakeUltravox, retry_after_date
 from etl.load.schema import (
     etl_batch_runs,
     etl_runs,
@@ -1610,7 +1610,7 @@ def test_secrets_never_reach_logs_errors_the_database_or_another_host(
 
         def redirecting(path: str, query: Any, link_base: str) -> Any:
             if path.endswith(redirected.batch_id):
-                return _Response(302, b"", [("Location", f"{elsewhere.base_url}{path}")])
+                return FakeResponse(302, b"", [("Location", f"{elsewhere.base_url}{path}")])
             return route(path, query, link_base)
 
         monkeypatch.setattr(fake_api, "_route", redirecting)
