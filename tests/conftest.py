@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
@@ -34,6 +35,14 @@ AGENT_ID = "11111111-2222-4333-8444-555555555555"
 def fake_api() -> Iterator[FakeUltravox]:
     with FakeUltravox(api_key=TEST_API_KEY) as fake:
         yield fake
+
+
+@pytest.fixture
+def api_session() -> Iterator[requests.Session]:
+    """A requests session sending the API key `fake_api` accepts."""
+    with requests.Session() as session:
+        session.headers["X-API-Key"] = TEST_API_KEY
+        yield session
 
 
 @pytest.fixture

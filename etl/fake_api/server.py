@@ -218,11 +218,12 @@ class FakeUltravox:
         the record's own. A scheduled call with that callId gets this record in place of
         its generated Call; otherwise it is listed after the generated ones.
         """
-        if isinstance(record, bytes):
-            record = RawRecord(record, parse_object(record) or {})
-        call_id = call_id if call_id is not None else record.get("callId")
+        fields = (parse_object(record) or {}) if isinstance(record, bytes) else record
+        call_id = call_id if call_id is not None else fields.get("callId")
         if not isinstance(call_id, str):
             raise ValueError("the record has no callId: pass call_id")
+        if isinstance(record, bytes):  # what the fake reads of it includes the id it goes by
+            record = RawRecord(record, {**fields, "callId": call_id})
         with self._lock:
             self.batches[batch_id].add_created_call(call_id, record)
         return call_id
