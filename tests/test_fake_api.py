@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -452,23 +450,3 @@ def test_set_call(fake: FakeUltravox, session: requests.Session) -> None:
     assert (page["results"][4]["status"], page["results"][4]["callId"]) == ("SUCCESS", call_id)
     with pytest.raises(ValueError):
         fake.set_call(BATCH, 0, status="DONE")
-
-
-# -- command line ------------------------------------------------------------------------------
-
-
-def test_main_serves_generated_batches() -> None:
-    command = [sys.executable, "-m", "etl.fake_api", "--port", "0", "--batches", "2"]
-    command += ["--calls", "30", "--api-key", KEY]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
-        try:
-            assert process.stdout is not None
-            lines = [process.stdout.readline() for _ in range(4)]
-            base_url = lines[0].split()[4]
-            agent_id = lines[1].split()[1]
-            batch_id = lines[2].split()[1]
-            url = f"{base_url}/api/agents/{agent_id}/scheduled_batches/{batch_id}/scheduled_calls"
-            page = requests.get(url, headers={"X-API-Key": KEY}, timeout=5).json()
-            assert page["total"] == 30
-        finally:
-            process.terminate()
