@@ -47,9 +47,18 @@ _DEFAULTS: dict[str, Any] = {
     "count": None,
     "call_id": None,
 }
-_SERVE_OPTIONS = ("port", "batches", "calls", "api_key", "agent_id", "seed", "latency")
 _OPTIONS_OF = {
-    "serve": {*_SERVE_OPTIONS, "default_page_size", "max_page_size"},
+    "serve": {
+        "port",
+        "batches",
+        "calls",
+        "api_key",
+        "agent_id",
+        "seed",
+        "latency",
+        "default_page_size",
+        "max_page_size",
+    },
     "advance": {"url", "fraction", "batch", "seed"},
     "vanish": {"url", "batch", "count", "call_id"},
     "state": {"url"},
