@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
-import uuid
 
-from etl.fake_api import FakeUltravox, generate_calls
+from etl.fake_api import FakeUltravox, add_generated_batches
 
 API_KEY = "bench-api-key"
-
-
-def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,11 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     fake = FakeUltravox(API_KEY, max_page_size=1000)
-    rng = random.Random(args.seed)  # as etl.fake_api.main: the same seed, the same ids
-    agent_id = _uuid(rng)
-    for _ in range(args.batches):
-        batch_id = _uuid(rng)
-        fake.add_batch(agent_id, batch_id, generate_calls(batch_id, args.calls, seed=args.seed))
+    # As `python -m etl.fake_api`: the same seed, the same ids.
+    agent_id = add_generated_batches(fake, args.batches, args.calls, seed=args.seed)
     base_url = fake.start()
     hello = {
         "base_url": base_url,
@@ -50,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         "batches": list(fake.batches),
     }
     print(json.dumps(hello), flush=True)
-    advanced = 0
     try:
         for line in sys.stdin:
             command, *rest = line.split()
@@ -58,11 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                 fake.latency_seconds = float(rest[0])
                 print(f"ok latency {fake.latency_seconds}", flush=True)
             elif command == "advance":
-                advanced += 1
-                changed = sum(
-                    fake.advance(batch_id, float(rest[0]), seed=advanced)
-                    for batch_id in list(fake.batches)
-                )
+                # Seeds 1, 2, … in turn: every benchmark run takes the same steps.
+                changed = sum(fake.advance_batches(float(rest[0])).values())
                 print(f"ok advanced {changed}", flush=True)
             elif command == "quit":
                 break

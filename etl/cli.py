@@ -20,6 +20,7 @@ from types import FrameType
 from etl import __version__
 from etl.config import API_KEY_ENV, DATABASE_URL_ENV, UUID_PATTERN, ConfigError, load_config
 from etl.domain import EXIT_FAILED, EXIT_OK, EXIT_TRY_LATER, EXIT_USAGE
+from etl.fake_api import cli as fake_api_cli
 from etl.load.database import DatabaseError, describe, open_engine, upgrade_to_head
 from etl.pipeline import Interrupted, sync
 from etl.report import history, logs, metrics, progress
@@ -148,10 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="where the demo loads (default: %(default)s)",
     )
-    try:  # FAKE-API-MERGE: until the fake API subpackage lands
-        from etl.fake_api import cli as fake_api_cli  # type: ignore[attr-defined]
-    except ImportError:
-        return parser
+    fake_api = commands.add_parser(
+        "fake-api",
+        help="serve a fake Ultravox API to try the job against, or steer one",
+        description=fake_api_cli.DESCRIPTION,
+        epilog=fake_api_cli.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fake_api_cli.add_arguments(fake_api)
+    return parser
     fake_api = commands.add_parser(
         "fake-api",
         help="serve a fake Ultravox API to try the job against",
@@ -181,8 +187,6 @@ def _batch_id(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fake-api":
-        from etl.fake_api import cli as fake_api_cli
-
         return fake_api_cli.run(args)
     logs.configure(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
     logs.use_format(args.log_format)

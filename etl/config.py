@@ -52,7 +52,7 @@ class SyncSettings:
     """How long a run waits for a batch another run is syncing before it skips it."""
     strict: bool = False
     """A batch with a rejected record fails instead of loading the rest."""
-    created_calls: bool = False  # TEMP-UNTIL-FAKE
+    created_calls: bool = True
     """Also list the calls each batch created, with their outcomes (table `calls`)."""
 
 

@@ -7,17 +7,19 @@ server cannot be reached, they fail rather than skip.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
@@ -36,6 +38,14 @@ AGENT_ID = "11111111-2222-4333-8444-555555555555"
 def fake_api() -> Iterator[FakeUltravox]:
     with FakeUltravox(api_key=TEST_API_KEY) as fake:
         yield fake
+
+
+@pytest.fixture
+def api_session() -> Iterator[requests.Session]:
+    """A requests session sending the API key `fake_api` accepts."""
+    with requests.Session() as session:
+        session.headers["X-API-Key"] = TEST_API_KEY
+        yield session
 
 
 @pytest.fixture
@@ -95,9 +105,16 @@ def write_config(
     batches: list[tuple[str, str]],
     *,
     database_url: str | None = None,
+    sync: Mapping[str, Any] | None = None,
     **api: Any,
 ) -> Path:
-    """A config file in the documented shape; `api` adds keys to [api]."""
+    """A config file in the documented shape; `api` adds keys to [api], `sync` to [sync].
+
+    The created-calls stream is off unless `sync` turns it on: most tests look at the
+    scheduled calls alone (request counts, summary lines); tests/test_created_calls.py and
+    the headline end-to-end tests run both streams.
+    """
+    sync = {"created_calls": False, **(sync or {})}
     lines = ["[api]", f'base_url = "{base_url}"']
     api.setdefault("page_size", 10)
     api.setdefault("timeout_seconds", 5)
@@ -106,6 +123,7 @@ def write_config(
         lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
     if database_url is not None:
         lines += ["", "[database]", f'url = "{database_url}"']
+    lines += ["", "[sync]", *(f"{k} = {json.dumps(v)}" for k, v in sync.items())]
     for agent_id, batch_id in batches:
         lines += ["", "[[batches]]", f'agent_id = "{agent_id}"', f'batch_id = "{batch_id}"']
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

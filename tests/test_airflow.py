@@ -305,14 +305,13 @@ def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow_and_postgresql(
     tmp_path: Path,
 ) -> None:
     batches = [add_generated_batch(fake_api, n, seed=n) for n in (35, 12, 0)]
-    config = write_config(
+    write_config(
         tmp_path / "etl.toml",
         fake_api.base_url,
         [(b.agent_id, b.batch_id) for b in batches],
         database_url="sqlite:///not-used-the-connection-wins.db",
+        sync={"lock_wait_seconds": 0.5, "created_calls": True},
     )
-    with config.open("a") as f:
-        f.write("\n[sync]\nlock_wait_seconds = 0.5\n")
     locked = batches[1]
     locks = locks_for(engine)
 

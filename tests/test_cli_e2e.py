@@ -323,7 +323,8 @@ def test_every_medium_variant_lands_with_its_type_and_media_columns(
             record["medium"] = medium
         hand_made.append(record)
     cases = add_batch(fake_api, hand_made)
-    generated = add_generated_batch(fake_api, 40, seed=3)
+    generated = add_generated_batch(fake_api, 40, seed=3, off_spec=True)
+    assert any("medium" in c and c["medium"] is None for c in generated.calls)
     config = config_for(fake_api, tmp_path, database_url, [cases, generated])
 
     result = run_cli("sync", "--config", str(config))
@@ -343,7 +344,8 @@ def test_every_medium_variant_lands_with_its_type_and_media_columns(
         assert media[row.id] == expected, tag
         assert flags.get(row.id, {}) == expected_flags, tag
 
-    # The generated batch: every medium key, absent, null and an unknown variant.
+    # The generated batch: every medium key, absent, null (off-spec: asked for) and an
+    # unknown variant.
     assert db_view(engine, generated.batch_id) == api_view(fake_api, generated.batch_id)
     c = scheduled_calls.c
     types = fetch(

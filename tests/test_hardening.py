@@ -30,7 +30,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
-from etl.fake_api import FakeBatch, FakeUltravox, _Response, retry_after_date
+from etl.fake_api import FakeBatch, FakeResponse, FakeUltravox, retry_after_date
 from etl.load import scheduled_calls as scheduled_call_loader
 from etl.load.schema import (
     etl_batch_runs,
@@ -64,13 +64,11 @@ def make_config(
     name: str = "etl.toml",
     **api: Any,
 ) -> Path:
-    """write_config, plus a [sync] table."""
+    """write_config for fake batches."""
     refs = [(b.agent_id, b.batch_id) if isinstance(b, FakeBatch) else b for b in batches]
-    path = write_config(tmp_path / name, fake.base_url, refs, database_url=database_url, **api)
-    if sync:
-        lines = ["", "[sync]", *(f"{k} = {json.dumps(v)}" for k, v in sync.items())]
-        path.write_text(path.read_text() + "\n".join(lines) + "\n")
-    return path
+    return write_config(
+        tmp_path / name, fake.base_url, refs, database_url=database_url, sync=sync, **api
+    )
 
 
 def call(tag: str, status: str = "FUTURE", **fields: Any) -> dict[str, Any]:
@@ -1611,7 +1609,7 @@ def test_secrets_never_reach_logs_errors_the_database_or_another_host(
 
         def redirecting(path: str, query: Any, link_base: str) -> Any:
             if path.endswith(redirected.batch_id):
-                return _Response(302, b"", [("Location", f"{elsewhere.base_url}{path}")])
+                return FakeResponse(302, b"", [("Location", f"{elsewhere.base_url}{path}")])
             return route(path, query, link_base)
 
         monkeypatch.setattr(fake_api, "_route", redirecting)

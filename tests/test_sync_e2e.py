@@ -23,9 +23,13 @@ TABLES = (
 )
 
 
-def add_generated_batch(fake: FakeUltravox, size: int, *, seed: int = 0) -> FakeBatch:
+def add_generated_batch(
+    fake: FakeUltravox, size: int, *, seed: int = 0, off_spec: bool = False
+) -> FakeBatch:
+    """A batch of generated calls; `off_spec` adds null media (see generate_calls)."""
     batch_id = str(uuid.uuid4())
-    return fake.add_batch(AGENT_ID, batch_id, generate_calls(batch_id, size, seed=seed))
+    calls = generate_calls(batch_id, size, seed=seed, off_spec=off_spec)
+    return fake.add_batch(AGENT_ID, batch_id, calls)
 
 
 def expected_medium_type(record: dict[str, Any]) -> str:
@@ -88,7 +92,12 @@ def snapshot(engine: Engine) -> dict[str, list[Any]]:
 def test_sync_of_several_batches_equals_the_api_and_a_rerun_changes_nothing(
     fake_api: FakeUltravox, engine: Engine, database_url: str, run_cli: Any, tmp_path: Path
 ) -> None:
-    batches = [add_generated_batch(fake_api, size, seed=n) for n, size in enumerate((57, 23, 0))]
+    # The first batch also holds the off-spec null media the API has been seen sending.
+    batches = [
+        add_generated_batch(fake_api, size, seed=n, off_spec=n == 0)
+        for n, size in enumerate((57, 23, 0))
+    ]
+    assert any("medium" in c and c["medium"] is None for c in batches[0].calls)
     config = write_config(
         tmp_path / "c.toml",
         fake_api.base_url,

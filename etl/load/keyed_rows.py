@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Table
 
 from etl.domain import StreamCounts
-from etl.load.backends import backend_for, driver_errors_translated
+from etl.load.backends import Bulk, backend_for, driver_errors_translated
 from etl.load.rejects import RejectCollector
 from etl.normalize.json_values import RecordError
 from etl.streams import BatchContext, PageResult
@@ -126,20 +127,20 @@ class KeyedRowsLoader:
             result.rejected = rejects.write(conn)
         return result
 
-    def _write(self, db: Any, new: list[KeyedRows], changed: list[KeyedRows]) -> None:
+    def _write(self, db: Bulk, new: list[KeyedRows], changed: list[KeyedRows]) -> None:
         spec = self.spec
         ts = db.timestamp(self.context.clock())
         batch_id = self.context.batch.batch_id
         db.insert(
             spec.table,
             (spec.key, "batch_id", "first_seen_at", "removed_at", *self._columns),
-            [(r.key, batch_id, ts, None, *self._values(r, ts)) for r in new],
+            [(r.key, batch_id, ts, None, *self._values(db, r, ts)) for r in new],
         )
         db.update_rows(
             spec.table,
             spec.key,
             ("removed_at", *self._columns),
-            [(r.key, None, *self._values(r, ts)) for r in changed],
+            [(r.key, None, *self._values(db, r, ts)) for r in changed],
         )
         for child in spec.children:
             db.delete_in(child, spec.key, [r.key for r in changed])
@@ -149,9 +150,12 @@ class KeyedRowsLoader:
                 [(r.key, *row) for r in (*new, *changed) for row in r.children.get(child.name, ())],
             )
 
-    def _values(self, rows: KeyedRows, ts: Any) -> list[Any]:
+    def _values(self, db: Bulk, rows: KeyedRows, ts: Any) -> list[Any]:
         values = {**rows.values, "record_digest": rows.record_digest, "updated_at": ts}
-        return [values.get(c) for c in self._columns]
+        return [
+            db.decimal(v) if isinstance(v, Decimal) else v
+            for v in (values.get(c) for c in self._columns)
+        ]
 
     def finish(self, *, listed_to_end: bool, complete: bool) -> int:
         if not (listed_to_end and complete):

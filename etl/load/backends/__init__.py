@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -249,6 +250,10 @@ class Bulk:
         if value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
         return value.astimezone(UTC)
+
+    def decimal(self, value: Decimal) -> Any:
+        """An exact number as the driver takes it for a Numeric column."""
+        return value
 
     def select_in(
         self,
