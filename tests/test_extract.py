@@ -1,26 +1,44 @@
-"""The extract layer over real HTTP against the fake Ultravox API.
+"""The extract layer over real HTTP against the fake Ultravox API, and real sockets that
+refuse, never answer or speak the wrong protocol.
 
 Retry waits are recorded through `UltravoxClient(..., sleep=waits.append)`, never slept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import errno
 import logging
+import os
+import re
+import shutil
 import socket
+import ssl
+import subprocess
+import sys
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
+import urllib3
+import urllib3.connection
+import urllib3.exceptions
+from sqlalchemy import Engine
 
 from etl.config import ApiSettings, BatchRef
 from etl.extract.client import (
     ApiError,
     ApiKeyRefused,
+    ApiUnreachable,
     MalformedResponse,
     NotFound,
     UltravoxClient,
@@ -29,7 +47,9 @@ from etl.extract.client import (
 from etl.extract.endpoints import batch_listing_pages
 from etl.extract.pagination import Page, RepeatedCursor
 from etl.extract.ratelimit import RateLimiter
+from etl.extract.transport import TransportCause, describe_transport_failure, endpoint_of
 from etl.fake_api import FakeBatch, FakeUltravox, generate_calls, retry_after_date
+from tests.conftest import TEST_API_KEY, CliResult, rows, write_config
 
 KEY = "sk-test-5e1f0c2b-never-print-me"
 AGENT = "11111111-2222-4333-8444-555555555555"
@@ -429,23 +449,644 @@ def test_single_attempt_means_no_retry(
     settings = make_settings(fake.base_url, max_attempts=1)
     with (
         UltravoxClient(settings, KEY, sleep=waits.append) as c,
-        pytest.raises(ApiError, match="after 1 attempts"),
+        pytest.raises(ApiError, match=r"\(1 attempt over \d+\.\ds\)$"),
     ):
         all_calls(c)
     assert len(fake.requests) == 1
     assert waits == []
 
 
-def test_connection_refused_is_retried_then_fails(waits: list[float]) -> None:
+# -- the host unreachable: the cause named, one circuit for the client -----------------------
+
+
+class SocketCalls:
+    """connect() and getaddrinfo() calls of this process, by port and by host name.
+
+    Seen through an audit hook (sys.addaudithook): every real attempt, on any thread, counted
+    without mocking anything. A hook cannot be removed, so one is installed for the session.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: Counter[tuple[str, object]] = Counter()
+
+    def record(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "socket.connect" and isinstance(args[1], tuple):
+            key: tuple[str, object] = ("connect", args[1][1])
+        elif event == "socket.getaddrinfo":
+            key = ("lookup", args[0])
+        else:
+            return
+        with self._lock:
+            self._seen[key] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def connects(self, port: int) -> int:
+        with self._lock:
+            return self._seen[("connect", port)]
+
+    def lookups(self, host: str) -> int:
+        with self._lock:
+            return self._seen[("lookup", host)]
+
+
+_SOCKET_CALLS: SocketCalls | None = None
+
+
+@pytest.fixture
+def socket_calls() -> SocketCalls:
+    global _SOCKET_CALLS
+    if _SOCKET_CALLS is None:
+        _SOCKET_CALLS = SocketCalls()
+        sys.addaudithook(_SOCKET_CALLS.record)
+    _SOCKET_CALLS.reset()
+    return _SOCKET_CALLS
+
+
+def free_port() -> int:
+    """A port nothing listens on: bound, then closed, so a connect to it is refused."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # nobody listens once closed
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def full_backlog_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose queue is full: a SYN gets no answer.
+
+    Linux drops a SYN when the accept queue of the listener is full; with a backlog of 0 one
+    connection fills it. Deterministic, and needs no network beyond loopback.
+    """
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port: int = listener.getsockname()[1]
+        fillers = [socket.socket() for _ in range(2)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.fixture(scope="module")
+def self_signed_tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """https://127.0.0.1:PORT of a TLS server whose certificate no trusted CA signed."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        if os.environ.get("CI"):
+            pytest.fail("the openssl command is needed to make a test certificate")
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x"]
+    subprocess.run(
+        [openssl, *request, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            # The client refuses the certificate: the handshake fails on this side too.
+            with conn, contextlib.suppress(OSError):
+                context.wrap_socket(conn, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    listener.close()
+
+
+def unreachable_message(path: str, endpoint: str, cause: str, attempts: int) -> str:
+    """The pattern of the error of the request that found the host unreachable."""
+    tried = rf"\({attempts} attempts over \d+\.\ds\)"
+    return rf"GET {re.escape(path)}: {re.escape(endpoint)} unreachable: {cause} {tried}"
+
+
+def test_connection_refused_names_host_and_cause_and_opens_the_circuit(
+    socket_calls: SocketCalls, waits: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    with UltravoxClient(make_settings(f"http://{endpoint}"), KEY, sleep=waits.append) as client:
+        with pytest.raises(ApiUnreachable) as first:
+            all_calls(client)
+        assert re.fullmatch(
+            unreachable_message(CALLS_PATH, endpoint, "connection refused", MAX_ATTEMPTS),
+            str(first.value),
+        )
+        outage = first.value.outage
+        assert (outage.endpoint, outage.cause, outage.attempts) == (
+            endpoint,
+            "connection refused",
+            MAX_ATTEMPTS,
+        )
+        assert client.circuit.outage is outage
+        assert socket_calls.connects(port) == MAX_ATTEMPTS
+        assert_backoff(waits)
+        assert len(waits) == MAX_ATTEMPTS - 1
+
+        # The circuit is open: the next request fails at once, without a connection attempt.
+        with pytest.raises(ApiUnreachable) as second:
+            client.get_json("/api/agents/x/scheduled_batches")
+        assert str(second.value) == (
+            f"GET /api/agents/x/scheduled_batches: {endpoint} unreachable: connection refused "
+            f"(another request gave up after {MAX_ATTEMPTS} attempts over {outage.seconds:.1f}s)"
+        )
+        assert second.value.outage is outage
+        assert socket_calls.connects(port) == MAX_ATTEMPTS
+        assert len(waits) == MAX_ATTEMPTS - 1
+
+    retries = [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+    assert len(retries) == MAX_ATTEMPTS - 1
+    assert all(f"{endpoint} unreachable: connection refused; retrying" in m for m in retries)
+    for text in (str(first.value), str(second.value), caplog.text):
+        assert KEY not in text and "pageSize" not in text
+
+
+def test_an_unresolvable_host_is_a_dns_failure(
+    socket_calls: SocketCalls, waits: list[float]
+) -> None:
+    host = "api.ultravox.invalid"  # RFC 6761: never resolves, with or without a network
+    settings = make_settings(f"https://{host}", max_attempts=2)
+    with UltravoxClient(settings, KEY, sleep=waits.append) as client:
+        with pytest.raises(ApiUnreachable) as info:
+            all_calls(client)
+        cause = r"DNS lookup failed \((name not known|temporary failure)\)"
+        assert re.fullmatch(
+            unreachable_message(CALLS_PATH, f"{host}:443", cause, 2), str(info.value)
+        )
+        assert socket_calls.lookups(host) == 2
+        with pytest.raises(ApiUnreachable):
+            all_calls(client)
+        assert socket_calls.lookups(host) == 2
+
+
+def test_tls_to_a_plain_http_server_is_a_tls_error(
+    redirect_server: RedirectServer, waits: list[float]
+) -> None:
+    redirect_server.seen.clear()
+    endpoint = urlsplit(redirect_server.base_url).netloc
+    settings = make_settings(f"https://{endpoint}", max_attempts=2)
     with (
-        UltravoxClient(make_settings(base_url), KEY, sleep=waits.append) as c,
-        pytest.raises(ApiError, match=f"after {MAX_ATTEMPTS} attempts: ConnectionError"),
+        UltravoxClient(settings, KEY, sleep=waits.append) as client,
+        pytest.raises(ApiUnreachable) as info,
     ):
-        all_calls(c)
+        all_calls(client)
+    assert re.fullmatch(
+        unreachable_message(CALLS_PATH, endpoint, "TLS error: .+", 2), str(info.value)
+    )
+    assert "_ssl.c" not in str(info.value) and "[SSL" not in str(info.value)
+    assert redirect_server.seen == []  # the server never read an HTTP request
+
+
+def test_an_untrusted_certificate_is_a_tls_error_that_says_so(
+    self_signed_tls_url: str, waits: list[float]
+) -> None:
+    settings = make_settings(self_signed_tls_url, max_attempts=2)
+    with (
+        UltravoxClient(settings, KEY, sleep=waits.append) as client,
+        pytest.raises(ApiUnreachable) as info,
+    ):
+        all_calls(client)
+    endpoint = urlsplit(self_signed_tls_url).netloc
+    cause = "TLS error: certificate verify failed: self[- ]signed certificate"
+    assert re.fullmatch(unreachable_message(CALLS_PATH, endpoint, cause, 2), str(info.value))
+
+
+def test_a_connect_timeout_names_the_wait_and_opens_the_circuit(
+    full_backlog_port: int, socket_calls: SocketCalls, waits: list[float]
+) -> None:
+    endpoint = f"127.0.0.1:{full_backlog_port}"
+    settings = make_settings(f"http://{endpoint}", timeout_seconds=0.2, max_attempts=2)
+    with UltravoxClient(settings, KEY, sleep=waits.append) as client:
+        with pytest.raises(ApiUnreachable) as info:
+            all_calls(client)
+        cause = r"timed out after 0\.2s \(connect\)"
+        assert re.fullmatch(unreachable_message(CALLS_PATH, endpoint, cause, 2), str(info.value))
+        assert socket_calls.connects(full_backlog_port) == 2
+        with pytest.raises(ApiUnreachable):
+            all_calls(client)
+        assert socket_calls.connects(full_backlog_port) == 2  # no connect timeout waited out
+
+
+def test_an_unreachable_proxy_is_named_and_its_credentials_are_not(
+    fake: FakeUltravox, batch: FakeBatch, waits: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy_port = free_port()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://squid:proxy-secret@127.0.0.1:{proxy_port}")
+    settings = make_settings(fake.base_url, max_attempts=2)
+    with (
+        UltravoxClient(settings, KEY, sleep=waits.append) as client,
+        pytest.raises(ApiUnreachable) as info,
+    ):
+        all_calls(client)
+    endpoint = urlsplit(fake.base_url).netloc
+    cause = f"connection refused at proxy 127.0.0.1:{proxy_port}"
+    assert re.fullmatch(
+        unreachable_message(CALLS_PATH, endpoint, re.escape(cause), 2), str(info.value)
+    )
+    assert "proxy-secret" not in str(info.value)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        ("read_timeout", r"timed out after 0\.1s \(read\)"),
+        ("truncated_body", "response cut short"),
+        ("connection_reset", "connection (reset|closed without a response)"),
+    ],
+)
+def test_a_host_that_answers_badly_is_named_but_does_not_open_the_circuit(
+    fake: FakeUltravox, batch: FakeBatch, waits: list[float], fault: str, cause: str
+) -> None:
+    latency = 0.4
+    if fault == "read_timeout":
+        fake.latency_seconds = latency
+    elif fault == "truncated_body":
+        fake.inject_truncated_body(times=2)
+    else:
+        fake.inject_connection_reset(times=2)
+    endpoint = urlsplit(fake.base_url).netloc
+    settings = make_settings(fake.base_url, timeout_seconds=0.1, max_attempts=2)
+    with UltravoxClient(settings, KEY, sleep=waits.append) as client:
+        with pytest.raises(ApiError) as info:
+            all_calls(client)
+        assert type(info.value) is ApiError
+        tried = r"\(2 attempts over \d+\.\ds\)"
+        pattern = rf"GET {re.escape(CALLS_PATH)}: {re.escape(endpoint)}: {cause} {tried}"
+        assert re.fullmatch(pattern, str(info.value))
+        assert client.circuit.outage is None
+        fake.latency_seconds = 0.0
+        assert all_calls(client) == batch.calls
+    if fault == "read_timeout":
+        # Let both abandoned slow handlers finish inside this test: each takes an injected
+        # fault after its latency, which must not be one of the next test's.
+        last_slow = fake.requests[1].at
+        time.sleep(max(0.0, last_slow + latency + 0.1 - time.monotonic()))
+
+
+def test_a_503_storm_does_not_open_the_circuit(
+    fake: FakeUltravox, batch: FakeBatch, client: UltravoxClient, waits: list[float]
+) -> None:
+    fake.inject(503, times=100)
+    with pytest.raises(ApiError) as info:
+        all_calls(client)
+    assert type(info.value) is ApiError
+    assert f"failed after {MAX_ATTEMPTS} attempts: HTTP 503" in str(info.value)
+    assert client.circuit.outage is None
+    fake.clear_faults()
+    assert all_calls(client) == batch.calls
     assert len(waits) == MAX_ATTEMPTS - 1
+
+
+def test_an_answer_after_refusals_closes_the_circuit(
+    socket_calls: SocketCalls, waits: list[float]
+) -> None:
+    port = free_port()
+    server = FakeUltravox(api_key=KEY)
+    server.add_batch(AGENT, BATCH, generate_calls(BATCH, 5))
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == MAX_ATTEMPTS - 1:
+            server.start(port=port)  # the host is back for the last attempt
+
+    try:
+        with UltravoxClient(make_settings(f"http://127.0.0.1:{port}"), KEY, sleep=sleep) as c:
+            # One refusal short of opening, then an answer: the listing goes on.
+            assert len(all_calls(c)) == 5
+            assert c.circuit.outage is None
+            assert socket_calls.connects(port) == MAX_ATTEMPTS
+            server.stop()
+            # The refusals before the answer count for nothing: a whole new budget is spent.
+            with pytest.raises(ApiUnreachable) as info:
+                all_calls(c)
+            assert info.value.outage.attempts == MAX_ATTEMPTS
+            assert socket_calls.connects(port) == 2 * MAX_ATTEMPTS
+    finally:
+        server.stop()
+
+
+def test_other_requests_hold_while_one_finds_out_and_go_on_when_the_host_answers(
+    socket_calls: SocketCalls,
+) -> None:
+    port = free_port()
+    server = FakeUltravox(api_key=KEY)
+    server.add_batch(AGENT, BATCH, generate_calls(BATCH, 3))
+    details_path = CALLS_PATH.removesuffix("/scheduled_calls")
+    details: list[Any] = []
+    other = threading.Thread(target=lambda: details.append(api.get_json(details_path)))
+
+    def sleep(seconds: float) -> None:
+        if not other.is_alive() and not details:
+            # The listing was refused: the details request starts, and holds its attempt.
+            other.start()
+            deadline = time.monotonic() + 5
+            while api.circuit.holding == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert api.circuit.holding == 1
+            assert socket_calls.connects(port) == 1
+            server.inject(503, path_contains="scheduled_calls")
+            server.start(port=port)
+        else:
+            # The listing got a 503: the host answers, so the details request went on while
+            # the listing still waits to retry.
+            other.join(timeout=5)
+            assert details and details[0]["batchId"] == BATCH
+
+    try:
+        settings = make_settings(f"http://127.0.0.1:{port}")
+        with UltravoxClient(settings, KEY, sleep=sleep) as api:
+            assert len(all_calls(api)) == 3
+            assert api.circuit.holding == 0 and api.circuit.outage is None
+        assert [r.path for r in server.requests] == [CALLS_PATH, details_path, CALLS_PATH]
+    finally:
+        server.stop()
+
+
+def test_a_retry_in_flight_stops_once_the_circuit_opens(waits: list[float]) -> None:
+    # One request is answered slowly; meanwhile the host stops accepting connections, and
+    # another request finds it unreachable. The slow answer is a 503, which would be retried:
+    # the circuit is open by then, so it is not, and it waits out no pause.
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+    failures: list[BaseException] = []
+
+    def slow_request() -> None:
+        try:
+            api.get_json("/api/agents/slow/scheduled_batches")
+        except BaseException as exc:
+            failures.append(exc)
+
+    with UltravoxClient(make_settings(f"http://{endpoint}"), KEY, sleep=waits.append) as api:
+        slow = threading.Thread(target=slow_request)
+        slow.start()
+        conn, _ = listener.accept()
+        listener.close()  # from now on every connection is refused
+        with conn:
+            conn.recv(65536)
+            with pytest.raises(ApiUnreachable) as opened:
+                api.get_json("/api/agents/x/scheduled_batches")
+            assert len(waits) == MAX_ATTEMPTS - 1
+            conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        slow.join(timeout=5)
+
+    (failure,) = failures
+    assert isinstance(failure, ApiUnreachable)
+    assert failure.outage is opened.value.outage
+    assert str(failure).startswith(
+        f"GET /api/agents/slow/scheduled_batches: {endpoint} unreachable: connection refused "
+        f"(another request gave up after {MAX_ATTEMPTS} attempts"
+    )
+    assert len(waits) == MAX_ATTEMPTS - 1
+
+
+class StoppedProbing(Exception):
+    """Raised from a retry pause: the request finding out ends without an outcome."""
+
+
+def test_a_request_that_stops_finding_out_lets_the_others_go(waits: list[float]) -> None:
+    port = free_port()
+    failures: list[BaseException] = []
+
+    def other_request() -> None:
+        try:
+            api.get_json("/api/agents/other/scheduled_batches")
+        except BaseException as exc:
+            failures.append(exc)
+
+    other = threading.Thread(target=other_request, daemon=True)
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is other:
+            waits.append(seconds)
+            return
+        other.start()
+        deadline = time.monotonic() + 5
+        while api.circuit.holding == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert api.circuit.holding == 1
+        raise StoppedProbing
+
+    with UltravoxClient(make_settings(f"http://127.0.0.1:{port}"), KEY, sleep=sleep) as api:
+        with pytest.raises(StoppedProbing):
+            api.get_json("/api/agents/first/scheduled_batches")
+        other.join(timeout=5)
+        assert not other.is_alive()  # not held for ever
+
+    # The other request then found out for itself, with a whole budget.
+    (failure,) = failures
+    assert isinstance(failure, ApiUnreachable)
+    assert re.fullmatch(
+        unreachable_message(
+            "/api/agents/other/scheduled_batches",
+            f"127.0.0.1:{port}",
+            "connection refused",
+            MAX_ATTEMPTS,
+        ),
+        str(failure),
+    )
+    assert len(waits) == MAX_ATTEMPTS - 1
+
+
+@pytest.mark.parametrize("race", range(5))  # fresh clients: each race goes differently
+def test_the_circuit_under_concurrent_requests(socket_calls: SocketCalls, race: int) -> None:
+    threads = 8
+    port = free_port()
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    settings = make_settings(f"http://127.0.0.1:{port}")
+    with UltravoxClient(settings, KEY, sleep=lambda seconds: None) as client:
+
+        def request(n: int) -> None:
+            start.wait()
+            try:
+                client.get_json(f"/api/agents/{n}/scheduled_batches")
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+
+        workers = [threading.Thread(target=request, args=(n,)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        assert client.circuit.holding == 0
+
+    assert len(errors) == threads
+    assert all(isinstance(e, ApiUnreachable) for e in errors)
+    outages = {id(e.outage) for e in errors if isinstance(e, ApiUnreachable)}
+    assert len(outages) == 1  # one diagnosis, shared
+    opened = [e for e in errors if "another request" not in str(e)]
+    assert len(opened) == 1
+    assert f"({MAX_ATTEMPTS} attempts over" in str(opened[0])
+    # The request that found out made its attempts; each other one at most the one it had
+    # started before the first refusal was known (8 * 4 = 32 without the circuit).
+    assert MAX_ATTEMPTS <= socket_calls.connects(port) <= MAX_ATTEMPTS + threads - 1
+
+
+def wrapped_like_requests(inner: Exception) -> requests.ConnectionError:
+    """`inner` as requests raises it: in a MaxRetryError, in a requests ConnectionError."""
+    pool = urllib3.HTTPConnectionPool("api.ultravox.ai", 443)
+    retry = urllib3.exceptions.MaxRetryError(pool, "/api/agents?cursor=c-secret", inner)
+    return requests.ConnectionError(retry)
+
+
+def connection_error(cause: OSError) -> urllib3.exceptions.NewConnectionError:
+    """As urllib3 raises it: `raise NewConnectionError(...) from cause`."""
+    conn = urllib3.connection.HTTPConnection("api.ultravox.ai", 443)  # never connected
+    error = urllib3.exceptions.NewConnectionError(conn, f"Failed to connect: {cause}")
+    error.__cause__ = cause
+    return error
+
+
+def name_resolution_error(cause: socket.gaierror) -> urllib3.exceptions.NameResolutionError:
+    """As urllib3 raises it: `raise NameResolutionError(...) from cause`."""
+    conn = urllib3.connection.HTTPConnection("api.ultravox.ai", 443)
+    error = urllib3.exceptions.NameResolutionError("api.ultravox.ai", conn, cause)
+    error.__cause__ = cause
+    return error
+
+
+# What the tests above cannot make happen on a machine without a network: the types found
+# in the chain decide, the words come from the innermost exception, never the outer URL.
+@pytest.mark.parametrize(
+    ("inner", "text", "unreachable"),
+    [
+        (
+            connection_error(OSError(errno.ENETUNREACH, "Network is unreachable")),
+            "network unreachable",
+            True,
+        ),
+        (
+            connection_error(OSError(errno.EHOSTUNREACH, "No route to host")),
+            "no route to host",
+            True,
+        ),
+        (
+            connection_error(OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")),
+            "cannot assign requested address",
+            True,
+        ),
+        (
+            name_resolution_error(
+                socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            ),
+            "DNS lookup failed (temporary failure)",
+            True,
+        ),
+        (
+            OSError(errno.EMFILE, "Too many open files"),
+            "OSError: [Errno 24] Too many open files",
+            False,
+        ),
+    ],
+)
+def test_transport_causes_by_type(inner: Exception, text: str, unreachable: bool) -> None:
+    cause = describe_transport_failure(wrapped_like_requests(inner), timeout_seconds=30.0)
+    assert cause == TransportCause(text, host_unreachable=unreachable)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "endpoint"),
+    [
+        ("https://api.ultravox.ai", "api.ultravox.ai:443"),
+        ("http://api.ultravox.ai/", "api.ultravox.ai:80"),
+        ("https://user:secret@proxy.example:8443/base", "proxy.example:8443"),
+        ("http://[::1]:9", "[::1]:9"),
+    ],
+)
+def test_endpoint_is_host_and_port_only(base_url: str, endpoint: str) -> None:
+    assert endpoint_of(base_url) == endpoint
+
+
+# -- through the CLI: a run against a host that refuses ----------------------------------------
+
+E2E_ATTEMPTS = 6
+E2E_CONCURRENCY = 3
+
+
+def refused_run(
+    run_cli: Any, tmp_path: Path, database_url: str
+) -> tuple[CliResult, str, list[str]]:
+    """`sync` of three batches against a port nothing listens on.
+
+    Not `-q`: it would leave the `etl` loggers at ERROR for the tests that follow.
+    """
+    endpoint = f"127.0.0.1:{free_port()}"
+    batch_ids = sorted(str(uuid.uuid4()) for _ in range(3))
+    config = write_config(
+        tmp_path / "etl.toml",
+        f"http://{endpoint}",
+        [(AGENT, b) for b in batch_ids],
+        database_url=database_url,
+        max_attempts=E2E_ATTEMPTS,
+        concurrency=E2E_CONCURRENCY,
+    )
+    return run_cli("sync", "--config", str(config)), endpoint, batch_ids
+
+
+def test_a_run_against_a_refused_port_names_it_and_tries_it_once(
+    run_cli: Any,
+    engine: Engine,
+    database_url: str,
+    retry_waits: list[float],
+    socket_calls: SocketCalls,
+    tmp_path: Path,
+) -> None:
+    result, endpoint, batch_ids = refused_run(run_cli, tmp_path, database_url)
+
+    assert result.exit_code == 1
+    records = rows(engine, "SELECT batch_id, status, error FROM etl_batch_runs ORDER BY batch_id")
+    assert [(r.batch_id, r.status) for r in records] == [(b, "failed") for b in batch_ids]
+    for record in records:
+        assert f"{endpoint} unreachable: connection refused" in record.error
+    assert f"{endpoint} unreachable: connection refused" in result.stderr
+    assert TEST_API_KEY not in result.stderr + result.stdout
+    # Before the circuit each batch spent its own attempts: 3 * 6 connects, 3 * 5 waits.
+    # Now one request spends them; the others make at most the attempt they had started.
+    port = int(endpoint.rsplit(":", 1)[1])
+    assert E2E_ATTEMPTS <= socket_calls.connects(port) <= E2E_ATTEMPTS + E2E_CONCURRENCY - 1
+    assert len(retry_waits) <= (E2E_ATTEMPTS - 1) + (E2E_CONCURRENCY - 1)
+
+
+def test_a_run_against_a_refused_port_fails_once_with_one_clear_line(
+    run_cli: Any, engine: Engine, database_url: str, tmp_path: Path
+) -> None:
+    result, endpoint, batch_ids = refused_run(run_cli, tmp_path, database_url)
+
+    assert result.exit_code == 1
+    (line,) = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert f"{endpoint} unreachable: connection refused" in line
+    (run,) = rows(engine, "SELECT status, error FROM etl_runs")
+    assert run.status == "failed"
+    assert f"{endpoint} unreachable: connection refused" in run.error
+    records = rows(engine, "SELECT batch_id, status, error FROM etl_batch_runs ORDER BY batch_id")
+    assert [(r.batch_id, r.status) for r in records] == [(b, "failed") for b in batch_ids]
+    for record in records:
+        assert f"{endpoint} unreachable: connection refused" in record.error
 
 
 # -- permanent failures ----------------------------------------------------------------------

@@ -3,6 +3,10 @@
 The API key travels only in the `X-API-Key` header of requests to the configured base URL:
 redirects are never followed (requests would carry a custom header to any host), and
 pagination links are reduced to their cursor by :mod:`etl.extract.pagination`.
+
+A request that gets no HTTP answer names the host and the cause (etl.extract.transport); a
+host that cannot be reached at all stops every request of the client at once, after one
+request's retries (etl.extract.circuit).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from tenacity.wait import wait_base
 
 from etl import __version__
 from etl.config import ApiSettings
+from etl.extract.circuit import HostCircuit, Outage, Ticket, attempts_text
 from etl.extract.ratelimit import RateLimiter
+from etl.extract.transport import TransportCause, describe_transport_failure, endpoint_of
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,16 @@ class ApiError(Exception):
     """A request to the Ultravox API failed for good."""
 
 
-class ApiKeyRefused(ApiError):
+class RunStopping(ApiError):
+    """A failure no other request of the run can get past: the run stops, failed, at once."""
+
+    @property
+    def reason(self) -> str:
+        """What the run record and the summary say stopped the run."""
+        return str(self)
+
+
+class ApiKeyRefused(RunStopping):
     """401/403: the key is wrong, revoked or lacks access. Nothing else can succeed."""
 
 
@@ -48,12 +63,38 @@ class MalformedResponse(ApiError):
     """A 200 answer whose JSON does not have the documented shape."""
 
 
-class TransientError(Exception):
-    """A failure worth retrying: 429, 5xx, a dropped connection, a body cut short or not JSON."""
+class ApiUnreachable(RunStopping):
+    """The API host could not be reached for a whole retry budget: nothing else can succeed.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    Raised by every request of the client from then on, at once. `outage` names the host,
+    the cause and how long it was tried, the same for every request.
+    """
+
+    def __init__(self, message: str, outage: Outage) -> None:
+        super().__init__(message)
+        self.outage = outage
+
+    @property
+    def reason(self) -> str:
+        return str(self.outage)
+
+
+class TransientError(Exception):
+    """A failure worth retrying: 429, 5xx, a dropped connection, a body cut short or not JSON.
+
+    `transport` is set when no HTTP answer arrived, and says why.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        transport: TransportCause | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.transport = transport
 
 
 _TRANSIENT_EXCEPTIONS = (
@@ -111,6 +152,16 @@ class stop_after_waiting(tenacity.stop.stop_base):  # noqa: N801 - tenacity's na
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
         return retry_state.idle_for + (retry_state.upcoming_sleep or 0.0) > self.max_wait
+
+
+class stop_when_circuit_open(tenacity.stop.stop_base):  # noqa: N801 - tenacity's naming style
+    """Stop as soon as the circuit is open: another request found the host unreachable."""
+
+    def __init__(self, circuit: HostCircuit) -> None:
+        self.circuit = circuit
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self.circuit.outage is not None
 
 
 # orjson reads an integer literal beyond 64 bits as a float (silently rounded); the json
@@ -200,6 +251,9 @@ class UltravoxClient:
         self.rate_limiter = rate_limiter or RateLimiter(settings.max_requests_per_second)
         self.base_url = settings.base_url.rstrip("/")
         self.host = urlsplit(self.base_url).netloc
+        self.endpoint = endpoint_of(self.base_url)
+        """host:port, the way messages name the API host."""
+        self.circuit = HostCircuit(self.endpoint)
         self._api_key = api_key  # only to scrub it from error bodies quoted in messages
         self._session = requests.Session()
         pool = max(10, settings.concurrency * 2)
@@ -214,7 +268,8 @@ class UltravoxClient:
         )
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(settings.max_attempts)
-            | stop_after_waiting(settings.max_wait_seconds),
+            | stop_after_waiting(settings.max_wait_seconds)
+            | stop_when_circuit_open(self.circuit),
             wait=wait_retry_after(
                 tenacity.wait_exponential_jitter(
                     multiplier=settings.backoff_initial_seconds,
@@ -245,26 +300,57 @@ class UltravoxClient:
     def fetch(self, path: str, params: Mapping[str, str | int] | None = None) -> ApiResponse:
         """GET `path` (relative to the base URL): the decoded JSON body and a NUL hint.
 
-        Raises ApiKeyRefused, NotFound, ApiError for other failures, and ApiError wrapping
-        the last TransientError once the attempts or the total wait are spent.
+        Raises ApiKeyRefused, NotFound, ApiUnreachable once the host is known to be
+        unreachable, ApiError for other failures, and ApiError wrapping the last
+        TransientError once the attempts or the total wait are spent.
         """
         url = f"{self.base_url}{path}"
         retrying = self._retrying.copy()
-        try:
-            return retrying(self._get_once, url, params or {})
-        except TransientError as exc:
-            attempts = retrying.statistics.get("attempt_number", "?")
-            raise ApiError(f"GET {path} failed after {attempts} attempts: {exc}") from None
+        with self.circuit.ticket() as ticket:
+            try:
+                return retrying(self._get_once, url, params or {}, ticket)
+            except TransientError as exc:
+                raise self._gave_up(path, exc, ticket, retrying.statistics) from None
 
-    def _get_once(self, url: str, params: Mapping[str, str | int]) -> ApiResponse:
+    def _gave_up(
+        self, path: str, last: TransientError, ticket: Ticket, statistics: Mapping[str, Any]
+    ) -> ApiError:
+        """The error for a request whose retries are spent (or cut short by the circuit)."""
+        attempts = int(statistics.get("attempt_number", 1))
+        seconds = float(statistics.get("delay_since_first_attempt", 0.0))
+        cause = last.transport
+        if cause is not None and cause.host_unreachable:
+            outage = self.circuit.give_up(ticket, cause.text, attempts, seconds)
+        else:
+            outage = self.circuit.outage
+        if outage is not None:
+            if ticket.opened_circuit:
+                return ApiUnreachable(f"GET {path}: {outage}", outage)
+            return _unreachable_for_another(path, outage)
+        if cause is not None:
+            return ApiError(f"{last} ({attempts_text(attempts)} over {seconds:.1f}s)")
+        return ApiError(f"GET {path} failed after {attempts} attempts: {last}")
+
+    def _get_once(self, url: str, params: Mapping[str, str | int], ticket: Ticket) -> ApiResponse:
         path = urlsplit(url).path
+        outage = self.circuit.admit(ticket)
+        if outage is not None:
+            raise _unreachable_for_another(path, outage)
         self.rate_limiter.wait()
         try:
             response = self._session.get(
                 url, params=params, timeout=self.settings.timeout_seconds, allow_redirects=False
             )
         except _TRANSIENT_EXCEPTIONS as exc:
-            raise TransientError(f"{type(exc).__name__} on GET {path}") from None
+            cause = describe_transport_failure(exc, timeout_seconds=self.settings.timeout_seconds)
+            if cause.host_unreachable:
+                self.circuit.host_unreachable(ticket)
+                message = f"GET {path}: {self.endpoint} unreachable: {cause.text}"
+            else:
+                self.circuit.host_answered()
+                message = f"GET {path}: {self.endpoint}: {cause.text}"
+            raise TransientError(message, transport=cause) from None
+        self.circuit.host_answered()
         status = response.status_code
         if status == 200:
             content = response.content
@@ -298,6 +384,16 @@ class UltravoxClient:
         exc = outcome.exception() if outcome is not None else None
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
         log.warning("%s; retrying in %.1fs (attempt %d)", exc, wait, retry_state.attempt_number + 1)
+
+
+def _unreachable_for_another(path: str, outage: Outage) -> ApiUnreachable:
+    """The error of a request stopped because another one found the host unreachable."""
+    tried = f"another request gave up after {attempts_text(outage.attempts)}"
+    message = (
+        f"GET {path}: {outage.endpoint} unreachable: {outage.cause} "
+        f"({tried} over {outage.seconds:.1f}s)"
+    )
+    return ApiUnreachable(message, outage)
 
 
 def _detail(response: requests.Response, api_key: str) -> str:

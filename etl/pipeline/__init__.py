@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from etl.config import Config
 from etl.domain import BatchStatus
-from etl.extract.client import ApiKeyRefused, UltravoxClient
+from etl.extract.client import ApiKeyRefused, RunStopping, UltravoxClient
 from etl.load.database import (
     DatabaseError,
     describe,
@@ -92,11 +92,11 @@ def run_sync(
 ) -> RunResult:
     """Sync on an engine whose schema is at head; see sync()."""
     with UltravoxClient(config.api, config.api_key) as client:
-        refused: ApiKeyRefused | None = None
+        stopping: RunStopping | None = None
         try:
             plan = plan_targets(config, engine, client, batch_ids)
-        except ApiKeyRefused as exc:
-            plan, refused = Plan(), exc
+        except RunStopping as exc:
+            plan, stopping = Plan(), exc
         except SQLAlchemyError as exc:
             raise DatabaseError(f"{describe(engine)}: {explain(exc)}") from None
         recorder = RunRecorder(engine, clock)
@@ -119,7 +119,7 @@ def run_sync(
             progress=progress,
         )
         try:
-            _run(run, plan, refused)
+            _run(run, plan, stopping)
         except BaseException as exc:  # Interrupted, KeyboardInterrupt, or a bug
             run.stop.set()
             result.stopped = True
@@ -136,7 +136,7 @@ def run_sync(
     return result
 
 
-def _run(run: RunContext, plan: Plan, refused: ApiKeyRefused | None) -> None:
+def _run(run: RunContext, plan: Plan, stopping: RunStopping | None) -> None:
     result = run.result
     try:
         run.recorder.mark_abandoned(result, run.locks)
@@ -148,18 +148,19 @@ def _run(run: RunContext, plan: Plan, refused: ApiKeyRefused | None) -> None:
         return
     log.info("run %d started", result.run_id, extra=run.log_extra(event="run_started"))
     result.error = "; ".join(plan.errors) or None
-    if refused is None:
+    if stopping is None:
         run_on_workers(
             plan.targets,
             lambda target: sync_target(run, target),
             workers=run.config.api.concurrency,
             stop=run.stop,
         )
-        refused = run.fatal
-    if refused is not None:
+        stopping = run.fatal
+    if stopping is not None:
         result.stopped = True
-        result.error = str(refused)
-        log.error("%s", refused, extra=run.log_extra(event="api_key_refused"))
+        result.error = stopping.reason
+        event = "api_key_refused" if isinstance(stopping, ApiKeyRefused) else "api_unreachable"
+        log.error("%s", stopping.reason, extra=run.log_extra(event=event))
 
 
 def _close_unfinished(run: RunContext, plan: Plan) -> None:

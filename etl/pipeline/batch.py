@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from etl.config import BatchRef, Config
 from etl.domain import BatchStatus, StreamCounts
-from etl.extract.client import ApiError, ApiKeyRefused, NotFound, UltravoxClient
+from etl.extract.client import ApiError, NotFound, RunStopping, UltravoxClient
 from etl.extract.endpoints import batch_details, batch_listing_pages
 from etl.load import batches as batch_store
 from etl.load.backends import Locks, acquire
@@ -63,7 +63,7 @@ class RunContext:
     stop: threading.Event = field(default_factory=threading.Event)
     started: dict[str, BatchResult] = field(default_factory=dict)
     """Every batch a worker took up, by id, with its running counts."""
-    fatal: ApiKeyRefused | None = None
+    fatal: RunStopping | None = None
     """What stopped the run from a worker: nothing else can succeed after it."""
 
     def log_extra(self, batch: BatchRef | None = None, **fields: Any) -> dict[str, Any]:
@@ -82,8 +82,9 @@ class RunContext:
 
 
 def sync_target(run: RunContext, target: Target) -> None:
-    """Sync one batch and record its outcome, whatever happens. Only a refused API key
-    escapes (after being recorded): it stops the run."""
+    """Sync one batch and record its outcome, whatever happens. A failure that stops the run
+    (a refused API key, an unreachable API) fails the batch and stops the others; the run
+    logs it once."""
     batch = target.batch
     result = BatchResult(batch, BatchStatus.RUNNING)
     run.started[batch.batch_id] = result
@@ -91,9 +92,9 @@ def sync_target(run: RunContext, target: Target) -> None:
     try:
         with run.engine.connect() as conn:
             _sync_locked(run, target, conn, result)
-    except ApiKeyRefused as exc:
-        _fail(run, result, str(exc))
-        run.fatal = exc
+    except RunStopping as exc:
+        result.status, result.error = BatchStatus.FAILED, exc.reason
+        run.fatal = run.fatal or exc
         run.stop.set()
     except Stopped:
         _fail(run, result, "interrupted: the run was stopped")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from etl.config import AgentRef, BatchRef, Config, ConfigError
-from etl.extract.client import ApiError, ApiKeyRefused, UltravoxClient
+from etl.extract.client import ApiError, RunStopping, UltravoxClient
 from etl.extract.endpoints import agent_batch_pages
 from etl.load import batches as batch_store
 from etl.normalize.batches import batch_id_of
@@ -52,7 +52,7 @@ def plan_targets(
     """The batches to sync (all, or those of `batch_ids`), each once, in config order.
 
     Raises ConfigError for an asked-for batch that is neither configured nor listed by an
-    agent whose list was read (nothing has been written then), and ApiKeyRefused.
+    agent whose list was read (nothing has been written then), and RunStopping.
     """
     wanted = None if batch_ids is None else {b.lower() for b in batch_ids}
     plan = Plan()
@@ -62,7 +62,7 @@ def plan_targets(
     for agent in agents:
         try:
             listed, gone = _list_agent(client, engine, agent, config.api.page_size)
-        except ApiKeyRefused:
+        except RunStopping:
             raise
         except ApiError as exc:
             message = f"agent {agent.agent_id}: listing its batches failed: {exc}"
