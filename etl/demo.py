@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from etl.cli import print_summary
 from etl.config import ApiSettings, BatchRef, Config
@@ -50,9 +50,39 @@ def run_demo(database_url: str) -> int:
             print()
             print("calls per status per batch:")
             print_calls_per_status(engine)
+            print()
+            print("how each batch went (view scheduled_call_outcomes):")
+            print_outcomes(engine)
         finally:
             engine.dispose()
     return run.exit_code
+
+
+OUTCOMES = """
+SELECT batch_id,
+       count(*) AS scheduled,
+       count(call_id) AS placed,
+       count(joined_at) AS answered,
+       round(1.0 * count(joined_at) / NULLIF(count(call_id), 0), 2) AS answer_rate,
+       round(avg(billed_duration_seconds) / 60, 2) AS avg_billed_minutes
+FROM scheduled_call_outcomes
+WHERE removed_at IS NULL
+GROUP BY batch_id
+ORDER BY batch_id
+"""
+"""The README's "How each batch went" query."""
+
+
+def print_outcomes(engine: Engine) -> None:
+    with engine.connect() as conn:
+        found = conn.execute(text(OUTCOMES)).all()
+    header = ("scheduled", "placed", "answered", "rate", "avg min")
+    print(f"{'batch_id':<38} " + " ".join(f"{h:>9}" for h in header))
+    for r in found:
+        rate = "-" if r.answer_rate is None else f"{float(r.answer_rate):.2f}"
+        minutes = "-" if r.avg_billed_minutes is None else f"{float(r.avg_billed_minutes):.2f}"
+        cells = (r.scheduled, r.placed, r.answered, rate, minutes)
+        print(f"{r.batch_id:<38} " + " ".join(f"{c:>9}" for c in cells))
 
 
 def print_calls_per_status(engine: Engine) -> None:

@@ -15,6 +15,9 @@ def run_migrations(connection: Connection) -> None:
         # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
         render_as_batch=True,
         compare_type=True,
+        # Where DDL commits on its own (MySQL), each finished revision is stamped at once, so
+        # a killed upgrade resumes from the revision it was in (see etl/load/migration_steps.py).
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

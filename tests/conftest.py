@@ -1,8 +1,9 @@
 """Shared fixtures: the fake Ultravox API over real HTTP, real databases, the real CLI.
 
-PostgreSQL tests run whenever ULTRAVOX_ETL_TEST_POSTGRES_URL is set (each test gets a fresh
-database created on that server) and are skipped otherwise; if the variable is set but the
-server cannot be reached, they fail rather than skip.
+PostgreSQL and MariaDB/MySQL tests run whenever ULTRAVOX_ETL_TEST_POSTGRES_URL or
+ULTRAVOX_ETL_TEST_MYSQL_URL is set (each test gets a fresh database created on that server)
+and are skipped otherwise; if a variable is set but its server cannot be reached, they fail
+rather than skip.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine, make_url
 
 from etl import cli
@@ -30,6 +31,7 @@ from etl.load.database import open_engine
 from etl.report import logs
 
 POSTGRES_ENV = "ULTRAVOX_ETL_TEST_POSTGRES_URL"
+MYSQL_ENV = "ULTRAVOX_ETL_TEST_MYSQL_URL"
 TEST_API_KEY = "test-key-7f3a9c1e-do-not-log"
 AGENT_ID = "11111111-2222-4333-8444-555555555555"
 
@@ -56,34 +58,49 @@ def retry_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waits
 
 
-def _postgres_admin_url() -> str | None:
-    return os.environ.get(POSTGRES_ENV) or None
+@dataclass(frozen=True)
+class TestServer:
+    """How the tests get a fresh database on a database server (one per backend)."""
+
+    env: str
+    """The variable with a URL of the server (a database on it to connect to)."""
+    create: str
+    drop: str
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+TEST_SERVERS = {
+    "postgresql": TestServer(
+        POSTGRES_ENV, 'CREATE DATABASE "{name}"', 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    ),
+    "mysql": TestServer(
+        MYSQL_ENV,
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        "DROP DATABASE IF EXISTS `{name}`",
+    ),
+}
+
+
+@pytest.fixture(params=["sqlite", *TEST_SERVERS])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL of an empty database: a SQLite file, or a fresh PostgreSQL database."""
+    """A URL of an empty database: a SQLite file, or a fresh database on each server whose
+    variable is set (skipped otherwise; CI sets them all and checks the servers answer)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'etl.db'}"
         return
-    admin_url = _postgres_admin_url()
-    if admin_url is None:
-        pytest.skip(f"{POSTGRES_ENV} is not set")
+    server = TEST_SERVERS[request.param]
+    admin_url = os.environ.get(server.env)
+    if not admin_url:
+        pytest.skip(f"{server.env} is not set")
     name = f"etl_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(make_url(admin_url).set(drivername="postgresql+psycopg"))
-    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+    admin = open_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(server.create.format(name=name)))
     try:
-        yield (
-            make_url(admin_url)
-            .set(drivername="postgresql+psycopg", database=name)
-            .render_as_string(hide_password=False)
-        )
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            conn.execute(text(server.drop.format(name=name)))
+        admin.engine.dispose()
 
 
 @pytest.fixture
@@ -189,6 +206,18 @@ def run_console_script(*args: str, env: dict[str, str] | None = None) -> CliResu
         check=False,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def dump_all_tables(engine: Engine) -> str:
+    """Every row of every table of the database, as text (for the secret scans)."""
+    names = sorted(inspect(engine).get_table_names())
+    assert "scheduled_calls" in names and "rejected_records" in names
+    quote = engine.dialect.identifier_preparer.quote
+    return "\n".join(
+        f"{name}: {tuple(row)!r}"
+        for name in names
+        for row in rows(engine, f"SELECT * FROM {quote(name)}")
+    )
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:

@@ -34,6 +34,7 @@ from tests.conftest import (
     TEST_API_KEY,
     CliResult,
     add_batch,
+    dump_all_tables,
     rows,
     run_console_script,
     write_config,
@@ -125,17 +126,6 @@ def page_payload(results: list[Any], *, total: int | None = None) -> dict[str, A
         "previous": None,
         "total": len(results) if total is None else total,
     }
-
-
-def dump_all_tables(engine: Engine) -> str:
-    """Every row of every table in the database, as text."""
-    names = inspect(engine).get_table_names()
-    assert set(names) >= CONTRACT_TABLES
-    dumped = []
-    for name in sorted(names):
-        for row in rows(engine, f'SELECT * FROM "{name}"'):
-            dumped.append(f"{name}: {tuple(row)!r}")
-    return "\n".join(dumped)
 
 
 def assert_nothing_written(engine: Engine) -> None:

@@ -42,7 +42,15 @@ from etl.load.schema import (
     scheduled_calls,
 )
 from etl.streams import scheduled_calls as scheduled_calls_stream
-from tests.conftest import AGENT_ID, TEST_API_KEY, CliResult, add_batch, rows, write_config
+from tests.conftest import (
+    AGENT_ID,
+    TEST_API_KEY,
+    CliResult,
+    add_batch,
+    dump_all_tables,
+    rows,
+    write_config,
+)
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view, expected_medium_type
 
 SCRIPT = Path(sys.executable).with_name("ultravox-etl")
@@ -173,7 +181,7 @@ def db_full_view(engine: Engine, batch_id: str) -> Counter[tuple[Any, ...]]:
     ):
         flags.setdefault(r.scheduled_call_id, []).append((r.message, bool(r.enabled)))
     entries: dict[int, list[tuple[str, str]]] = {}
-    for r in rows(engine, "SELECT scheduled_call_id, key, value FROM scheduled_call_metadata"):
+    for r in fetch(engine, select(scheduled_call_metadata)):
         entries.setdefault(r.scheduled_call_id, []).append((r.key, r.value))
     return Counter(
         (
@@ -259,23 +267,6 @@ def batch_runs(engine: Engine, batch_id: str) -> list[Any]:
 
 def runs(engine: Engine) -> list[Any]:
     return fetch(engine, select(etl_runs).order_by(etl_runs.c.run_id))
-
-
-def dump_all_tables(engine: Engine) -> str:
-    """Every row of every table of the database, as text."""
-    names = [r[0] for r in rows(engine, _TABLE_NAMES[engine.dialect.name])]
-    assert "scheduled_calls" in names and "rejected_records" in names
-    return "\n".join(
-        f"{name}: {tuple(row)!r}"
-        for name in names
-        for row in rows(engine, f'SELECT * FROM "{name}"')
-    )
-
-
-_TABLE_NAMES = {
-    "sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
-    "postgresql": "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
-}
 
 
 # -- helpers: the fake misbehaving -----------------------------------------------------------

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Engine, func, select
 
 from etl.domain import status_rank
 from etl.fake_api import FakeBatch, FakeUltravox, generate_calls
@@ -24,7 +24,7 @@ from etl.load.schema import (
     scheduled_calls,
 )
 from etl.streams.scheduled_calls import definition_digest
-from tests.conftest import AGENT_ID, CliResult, write_config
+from tests.conftest import AGENT_ID, CliResult, dump_all_tables, write_config
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view, snapshot
 
 OTHER_AGENT = "22222222-3333-4444-8555-666666666666"
@@ -80,10 +80,13 @@ def sync_config(
     *,
     batches: Iterable[FakeBatch | tuple[FakeBatch, Sequence[str]]] = (),
     agents: Iterable[str | tuple[str, Sequence[str]]] = (),
+    sync: dict[str, Any] | None = None,
     **api: Any,
 ) -> Path:
     """A config file with [[batches]] and [[agents]], each with optional `statuses`."""
-    path = write_config(tmp_path / "etl.toml", fake.base_url, [], database_url=database_url, **api)
+    path = write_config(
+        tmp_path / "etl.toml", fake.base_url, [], database_url=database_url, sync=sync, **api
+    )
     lines: list[str] = []
 
     def statuses_line(statuses: Sequence[str]) -> list[str]:
@@ -383,15 +386,6 @@ def test_history_rows_commit_with_their_page_and_a_failed_page_writes_none(
 # -- 2 and 3. batch details, discovery -------------------------------------------------------
 
 
-def all_stored_text(engine: Engine) -> str:
-    """Every row of every table, as text (to look for what must never be stored)."""
-    parts = []
-    with engine.connect() as conn:
-        for table in inspect(conn).get_table_names():
-            parts += [repr(tuple(r)) for r in conn.execute(text(f'SELECT * FROM "{table}"'))]
-    return "\n".join(parts)
-
-
 def test_agents_discover_batches_details_are_kept_and_a_gone_batch_is_marked_removed(
     fake_api: FakeUltravox, engine: Engine, database_url: str, run_cli: Any, tmp_path: Path
 ) -> None:
@@ -462,7 +456,7 @@ def test_agents_discover_batches_details_are_kept_and_a_gone_batch_is_marked_rem
         == f"https://hooks.example.com/ultravox/{b2.batch_id}"
     )
     # webhookSecret is never stored (nor printed).
-    stored = all_stored_text(engine)
+    stored = dump_all_tables(engine)
     for batch in (b1, b2, b3):
         assert batch.webhook_secret is not None and batch.webhook_secret not in stored
         assert batch.webhook_secret not in first.stdout + first.stderr

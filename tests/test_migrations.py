@@ -8,6 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
+from etl.load.backends import backend_for
+from etl.load.backends.mysql import EXACT_COLLATIONS
 from etl.load.database import (
     alembic_config,
     current_revision,
@@ -15,6 +17,7 @@ from etl.load.database import (
     upgrade_to_head,
 )
 from etl.load.schema import metadata
+from tests.conftest import rows
 
 CONTRACT_TABLES = {
     "scheduled_batches",
@@ -72,3 +75,22 @@ def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     assert not CONTRACT_TABLES & set(inspect(engine).get_table_names())
     upgrade_to_head(engine)
     assert current_revision(engine) == head_revision()
+
+
+def test_every_indexed_text_column_compares_exactly_on_mysql(engine: Engine) -> None:
+    """Alembic's compare does not look at collations: a key column left in the server's
+    default (case- and accent-insensitive) collation would make `Foo` and `foo` one key."""
+    if backend_for(engine).name != "mysql":
+        pytest.skip("MariaDB/MySQL collations")
+    upgrade_to_head(engine)
+    found = rows(
+        engine,
+        "SELECT c.table_name, c.column_name, c.collation_name FROM information_schema.columns c "
+        "JOIN information_schema.tables t ON t.table_schema = c.table_schema "
+        "AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE' "
+        "WHERE c.table_schema = DATABASE() AND c.data_type = 'varchar' "
+        "AND c.table_name <> 'alembic_version'",
+    )
+    assert len(found) > 10
+    exact = set(EXACT_COLLATIONS.values())
+    assert [tuple(r) for r in found if r.collation_name not in exact] == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from etl.fake_api import FakeUltravox
+from etl.load.backends import backend_for
 from etl.load.schema import scheduled_call_status_changes, scheduled_calls
 from tests.conftest import AGENT_ID, rows
 from tests.test_history_discovery import (
@@ -38,7 +40,11 @@ EMPTY = "aaaaaaaa-0000-4000-8000-000000000003"
 CID = {n: f"cccccccc-0000-4000-8000-00000000000{n}" for n in range(1, 5)}
 BUSY = "SIP 486 Busy Here"
 GEO = "Twilio error 21215: Geo Permission configuration is not permitting call"
-SKIP_NOTE = "scheduled_calls: ended; all 3 stored calls are final; sync --full lists it anyway"
+SKIP_NOTE = (
+    "scheduled_calls: ended; all 3 stored calls are final; "
+    "calls: ended; all 2 stored calls are billed, with their summaries; "
+    "sync --full lists it anyway"
+)
 
 
 def telnyx(to: str) -> dict[str, Any]:
@@ -104,13 +110,21 @@ def data_set(
             sched_call("a3", "EXPIRED", medium=SIP, campaign="spring"),
         ],
         batch_id=AUTUMN,
+        created="2025-02-20T10:00:00Z",  # its calls ended long ago: billed, summaries done
         window_start="2025-03-01T09:00:00Z",
         window_end="2025-03-01T17:00:00Z",
         paused=True,
         ended_at="2025-03-01T17:00:00Z",
     )
     empty = new_batch(fake_api, OTHER_AGENT, [], batch_id=EMPTY)
-    config = sync_config(tmp_path, fake_api, database_url, batches=[empty], agents=[AGENT_ID])
+    config = sync_config(
+        tmp_path,
+        fake_api,
+        database_url,
+        batches=[empty],
+        agents=[AGENT_ID],
+        sync={"created_calls": True},
+    )
     synced(run_cli, config)
     fake_api.set_call(SPRING, 0, status="SUCCESS", call_id=CID[1])
     fake_api.set_call(SPRING, 1, status="SUCCESS", call_id=CID[2])
@@ -118,18 +132,18 @@ def data_set(
     fake_api.set_call(SPRING, 3, status="EXPIRED")
     del spring.calls[6]
     second = synced(run_cli, config)
-    assert f"({SKIP_NOTE})" in second.stdout
+    assert f"({SKIP_NOTE})" in second.stdout, second.stdout
     return engine
 
 
 def as_utc(value: Any) -> datetime | None:
-    """A timestamp from a text() query: a datetime on PostgreSQL, UTC text on SQLite."""
+    """A timestamp from a text() query: a datetime (naive UTC on MariaDB), UTC text on SQLite."""
     if value is None:
         return None
     if isinstance(value, str):
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
-    return value.astimezone(UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def plain(value: Any) -> Any:
@@ -234,11 +248,12 @@ def test_scheduled_call_report_has_one_row_per_call_with_its_medium_and_metadata
 # -- the README's example queries ------------------------------------------------------------
 
 _BLOCK = re.compile(r"```sql\n(.*?)```", re.DOTALL)
-_TITLE = re.compile(r"--\s*(?P<title>.*?)\s*(?:\[(?P<only>PostgreSQL|SQLite)\])?\s*$")
+_TITLE = re.compile(r"--\s*(?P<title>.*?)\s*(?:\[(?P<only>PostgreSQL|SQLite|MariaDB/MySQL)\])?\s*$")
+_BACKEND_OF_LABEL = {"PostgreSQL": "postgresql", "SQLite": "sqlite", "MariaDB/MySQL": "mysql"}
 
 
 def readme_queries() -> list[tuple[str, str | None, str]]:
-    """(title, database it is for or None for both, SQL) of each block in Example queries."""
+    """(title, backend it is for or None for all, SQL) of each block in Example queries."""
     readme = README.read_text(encoding="utf-8")
     start = readme.index("### Example queries")
     end = readme.index("\n## ", start)
@@ -247,7 +262,7 @@ def readme_queries() -> list[tuple[str, str | None, str]]:
         first, _, sql = block.partition("\n")
         match = _TITLE.fullmatch(first)
         assert match is not None, f"an example query must start with '-- title': {first!r}"
-        only = {"PostgreSQL": "postgresql", "SQLite": "sqlite", None: None}[match["only"]]
+        only = _BACKEND_OF_LABEL.get(match["only"] or "")
         queries.append((match["title"], only, sql.strip().rstrip(";")))
     return queries
 
@@ -272,6 +287,42 @@ def seconds_to_success(engine: Engine) -> list[tuple[Any, ...]]:
         )
         for r in found
     ]
+
+
+def outcomes(fake: FakeUltravox) -> dict[str, list[tuple[Any, ...]]]:
+    """The expected rows of the outcome queries, from what the API holds."""
+    how, ends, cost = [], [], []
+    for batch_id in (SPRING, AUTUMN):
+        calls_ = fake.created_calls(batch_id)
+        scheduled = fake.batches[batch_id].calls
+        billed = [float(c["billedDuration"][:-1]) for c in calls_ if c["billedDuration"]]
+        placed = sum(1 for c in scheduled if c["callId"])
+        answered = sum(1 for c in calls_ if c["joined"])
+        how.append(
+            (
+                batch_id,
+                len(scheduled),
+                placed,
+                answered,
+                round(answered / placed, 2) if placed else None,
+                round(sum(billed) / len(billed) / 60, 2) if billed else None,
+            )
+        )
+        reasons = Counter(c["endReason"] for c in calls_ if c["endReason"])
+        ends += [(batch_id, reason, n) for reason, n in sorted(reasons.items())]
+        paid = [
+            float(c["billedDuration"][:-1])
+            for c in calls_
+            if c["billingStatus"] == "BILLING_STATUS_BILLED"
+        ]
+        if paid:
+            minutes = sum(paid) / 60
+            cost.append((batch_id, len(paid), round(minutes, 2), round(minutes * 0.05, 2)))
+    return {
+        "How each batch went (view scheduled_call_outcomes)": how,
+        "Why calls ended, per batch": ends,
+        "Cost per batch at 0.05 a billed minute": cost,
+    }
 
 
 def expected_results(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
@@ -324,31 +375,36 @@ def expected_results(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         ],
         "Calls per campaign, from the metadata rows": by_campaign,
         "Calls per campaign, from the metadata JSON": by_campaign,
+        # A batch's counts are its streams' added up: scheduled calls, then calls.
         "What the last runs did": [
-            (2, "succeeded", SPRING, "succeeded", 6, 0, 4, 1, None, None),
+            (2, "succeeded", SPRING, "succeeded", 6 + 2, 0 + 2, 4, 1, None, None),
             (2, "succeeded", AUTUMN, "skipped", 0, 0, 0, 0, None, SKIP_NOTE),
             (2, "succeeded", EMPTY, "succeeded", 0, 0, 0, 0, None, None),
             (1, "succeeded", SPRING, "succeeded", 7, 7, 0, 0, None, None),
-            (1, "succeeded", AUTUMN, "succeeded", 3, 3, 0, 0, None, None),
+            (1, "succeeded", AUTUMN, "succeeded", 3 + 2, 3 + 2, 0, 0, None, None),
             (1, "succeeded", EMPTY, "succeeded", 0, 0, 0, 0, None, None),
         ],
     }
 
 
-def test_readme_example_queries_return_the_expected_rows(data_set: Engine) -> None:
+def test_readme_example_queries_return_the_expected_rows(
+    data_set: Engine, fake_api: FakeUltravox
+) -> None:
     engine = data_set
-    expected = expected_results(engine)
+    expected = expected_results(engine) | outcomes(fake_api)
+    assert all(expected.values()), "every query has rows to check"
     queries = readme_queries()
     titles = {title for title, _, _ in queries}
     assert titles == set(expected), "README example queries and their expectations differ"
-    # A query spelled per database comes as a pair.
+    # A query spelled per database comes in one spelling for each.
     for title in titles:
         variants = sorted(str(only) for t, only, _ in queries if t == title)
-        assert variants in (["None"], ["postgresql", "sqlite"]), (title, variants)
+        assert variants in (["None"], sorted(_BACKEND_OF_LABEL.values())), (title, variants)
 
     ran = []
+    backend = backend_for(engine).name
     for title, only, sql in queries:
-        if only not in (None, engine.dialect.name):
+        if only not in (None, backend):
             continue
         got = plain_rows(rows(engine, sql))
         want = plain_rows(expected[title])

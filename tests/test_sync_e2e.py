@@ -8,9 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect, text
 
 from etl.fake_api import ALL_MEDIUM_KEYS, FakeBatch, FakeUltravox, generate_calls
+from etl.load.backends import backend_for
 from tests.conftest import AGENT_ID, rows, write_config
 
 # scheduled_batches is left out: its last_synced_at moves with every complete listing.
@@ -82,11 +83,45 @@ def db_view(engine: Engine, batch_id: str) -> Counter[tuple[Any, ...]]:
 
 
 def snapshot(engine: Engine) -> dict[str, list[Any]]:
-    """Every row of the reporting tables; on PostgreSQL with each row version (xmin)."""
-    version = "xmin::text AS v, " if engine.dialect.name == "postgresql" else ""
-    return {
+    """Every row of the reporting tables, and what proves none was rewritten meanwhile: on
+    PostgreSQL each row's version (xmin); elsewhere a count of row writes kept by triggers
+    from the first snapshot on (an UPDATE that sets the same values counts too)."""
+    if engine.dialect.name == "postgresql":
+        version = "xmin::text AS v, "
+    else:
+        version = ""
+        count_row_writes(engine)
+    taken = {
         t: sorted(map(tuple, rows(engine, f"SELECT {version}* FROM {t}")), key=str) for t in TABLES
     }
+    if not version:
+        taken["row writes"] = rows(engine, f"SELECT n FROM {WRITES}")
+    return taken
+
+
+WRITES = "etl_test_row_writes"
+_TRIGGER_BODY = {
+    "sqlite": "BEGIN UPDATE {writes} SET n = n + 1; END",
+    "mysql": "FOR EACH ROW UPDATE {writes} SET n = n + 1",
+}
+
+
+def count_row_writes(engine: Engine) -> None:
+    """Triggers that count every INSERT, UPDATE and DELETE of a row of TABLES (once)."""
+    if WRITES in inspect(engine).get_table_names():
+        return
+    body = _TRIGGER_BODY[backend_for(engine).name].format(writes=WRITES)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE {WRITES} (n INTEGER NOT NULL)"))
+        conn.execute(text(f"INSERT INTO {WRITES} VALUES (0)"))
+        for table in TABLES:
+            for action in ("INSERT", "UPDATE", "DELETE"):
+                conn.execute(
+                    text(
+                        f"CREATE TRIGGER etl_test_{action.lower()}_{table} "
+                        f"AFTER {action} ON {table} {body}"
+                    )
+                )
 
 
 def test_sync_of_several_batches_equals_the_api_and_a_rerun_changes_nothing(
@@ -120,3 +155,22 @@ def test_sync_of_several_batches_equals_the_api_and_a_rerun_changes_nothing(
         engine, "SELECT status, calls_inserted, calls_unchanged FROM etl_runs ORDER BY run_id"
     )
     assert [tuple(r) for r in runs] == [("succeeded", 80, 0), ("succeeded", 0, 80)]
+
+
+def test_a_snapshot_sees_a_row_rewritten_with_the_same_values(
+    fake_api: FakeUltravox, engine: Engine, database_url: str, run_cli: Any, tmp_path: Path
+) -> None:
+    batch = add_generated_batch(fake_api, 5)
+    config = write_config(
+        tmp_path / "c.toml",
+        fake_api.base_url,
+        [(AGENT_ID, batch.batch_id)],
+        database_url=database_url,
+    )
+    assert run_cli("sync", "--config", str(config)).exit_code == 0
+    before = snapshot(engine)
+
+    with engine.begin() as conn:  # what "no row is rewritten" must catch
+        conn.execute(text("UPDATE scheduled_calls SET status = status"))
+
+    assert snapshot(engine) != before

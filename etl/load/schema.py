@@ -19,7 +19,6 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     Table,
-    Text,
     UniqueConstraint,
 )
 
@@ -29,7 +28,7 @@ from etl.domain import (
     NAME_MAX_LENGTH,
     SUMMED_COUNT_NAMES,
 )
-from etl.load.types import JsonDocument, UtcDateTime, key_text
+from etl.load.types import JsonDocument, LongText, UtcDateTime, key_text
 
 metadata = MetaData(
     naming_convention={
@@ -53,7 +52,7 @@ scheduled_batches = Table(
     "scheduled_batches",
     metadata,
     Column("batch_id", Id, primary_key=True),
-    Column("agent_id", Text, nullable=False),
+    Column("agent_id", LongText, nullable=False),
     Column("first_seen_at", UtcDateTime, nullable=False),
     Column("last_synced_at", UtcDateTime),
     Column("removed_at", UtcDateTime),
@@ -61,12 +60,12 @@ scheduled_batches = Table(
     Column("created", UtcDateTime),
     Column("window_start", UtcDateTime),
     Column("window_end", UtcDateTime),
-    Column("throttle", Text),
+    Column("throttle", LongText),
     Column("paused", Boolean),
     Column("total_count", Integer),
     Column("completed_count", Integer),
     Column("ended_at", UtcDateTime),
-    Column("webhook_url", Text),
+    Column("webhook_url", LongText),
     Column("details_synced_at", UtcDateTime),
 )
 
@@ -79,11 +78,11 @@ etl_runs = Table(
     Column("run_id", Integer, primary_key=True, autoincrement=True),
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
-    Column("status", Text, nullable=False),
+    Column("status", LongText, nullable=False),
     Column("batches_ok", Integer, nullable=False, default=0),
     Column("batches_failed", Integer, nullable=False, default=0),
     *(Column(f"calls_{name}", Integer, nullable=False, default=0) for name in _RUN_COUNTS),
-    Column("error", Text),
+    Column("error", LongText),
 )
 
 
@@ -100,11 +99,11 @@ etl_batch_runs = Table(
     metadata,
     Column("run_id", Integer, ForeignKey("etl_runs.run_id", ondelete="CASCADE"), primary_key=True),
     Column("batch_id", Id, primary_key=True),
-    Column("agent_id", Text, nullable=False),
-    Column("status", Text, nullable=False),
+    Column("agent_id", LongText, nullable=False),
+    Column("status", LongText, nullable=False),
     *_count_columns(),  # the sums over the batch's streams
-    Column("error", Text),
-    Column("note", Text),  # why a batch was skipped, locked or found removed; not an error
+    Column("error", LongText),
+    Column("note", LongText),  # why a batch was skipped, locked or found removed; not an error
     Column("started_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
 )
@@ -116,7 +115,7 @@ etl_stream_runs = Table(
     Column("batch_id", Id, primary_key=True),
     Column("stream", Name, primary_key=True),
     *_count_columns(),
-    Column("note", Text),  # e.g. why the stream was not listed this run
+    Column("note", LongText),  # e.g. why the stream was not listed this run
     # Deleted with its batch's record, which is written first.
     ForeignKeyConstraint(
         ["run_id", "batch_id"],
@@ -130,27 +129,27 @@ scheduled_calls = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("batch_id", Id, ForeignKey("scheduled_batches.batch_id"), nullable=False),
-    Column("agent_id", Text, nullable=False),
+    Column("agent_id", LongText, nullable=False),
     Column("call_key", Digest, nullable=False),
     # NULLs never collide in a UNIQUE constraint (on every supported database), so this is
     # "unique where not null" without a partial index.
     Column("call_id", Id, unique=True),
     Column("status", Name, nullable=False),
-    Column("error", Text),
-    Column("medium_type", Text, nullable=False),
+    Column("error", LongText),
+    Column("medium_type", LongText, nullable=False),
     Column("metadata", JsonDocument),
     Column("template_context", JsonDocument),
     Column("experimental_settings", JsonDocument),
     Column("first_seen_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
     Column("removed_at", UtcDateTime),
-    Column("call_hash", Text, nullable=False),
-    Column("detail_hash", Text, nullable=False),
+    Column("call_hash", LongText, nullable=False),
+    Column("detail_hash", LongText, nullable=False),
     # PostgreSQL text and jsonb cannot hold U+0000, nor any database a lone surrogate. A
     # record that has one is stored with each replaced by U+FFFD, and here, exactly as sent
     # (secrets removed), as ASCII JSON text in which they are escapes (\u0000, \ud800):
     # json.loads() of it gives the record back.
-    Column("nul_escaped_record", Text),
+    Column("nul_escaped_record", LongText),
     # The digest of the call's definition (the call key without its occurrence number):
     # identical definitions are told apart by their state, see etl.load.scheduled_calls.
     Column("definition_digest", Digest, nullable=False),
@@ -176,16 +175,16 @@ scheduled_call_media = Table(
     "scheduled_call_media",
     metadata,
     _child_of("scheduled_calls", "id", "scheduled_call_id"),
-    Column("medium_type", Text, nullable=False),
-    Column("direction", Text),
-    Column("to_address", Text),
-    Column("from_address", Text),
-    Column("sip_username", Text),
+    Column("medium_type", LongText, nullable=False),
+    Column("direction", LongText),
+    Column("to_address", LongText),
+    Column("from_address", LongText),
+    Column("sip_username", LongText),
     Column("sip_password_set", Boolean),
     Column("input_sample_rate", Integer),
     Column("output_sample_rate", Integer),
     Column("client_buffer_size_ms", Integer),
-    Column("media_idle_timeout", Text),
+    Column("media_idle_timeout", LongText),
     Column("dtmf_handling", JsonDocument),
     Column("additional_params", JsonDocument),
     Column("extra", JsonDocument),
@@ -206,7 +205,7 @@ scheduled_call_metadata = Table(
     metadata,
     _child_of("scheduled_calls", "id", "scheduled_call_id"),
     Column("key", MetadataKey, primary_key=True),
-    Column("value", Text, nullable=False),
+    Column("value", LongText, nullable=False),
     # Not on value: values may be long, and btree entries are capped (PostgreSQL ~2.7 kB).
     Index(None, "key"),
 )
@@ -223,10 +222,10 @@ scheduled_call_status_changes = Table(
         index=True,
     ),
     Column("run_id", Integer, ForeignKey("etl_runs.run_id"), nullable=False),
-    Column("from_status", Text),
-    Column("to_status", Text, nullable=False),
-    Column("call_id", Text),
-    Column("error", Text),
+    Column("from_status", LongText),
+    Column("to_status", LongText, nullable=False),
+    Column("call_id", LongText),
+    Column("error", LongText),
     Column("observed_at", UtcDateTime, nullable=False),
 )
 
@@ -235,27 +234,27 @@ calls = Table(
     metadata,
     Column("call_id", Id, primary_key=True),
     Column("batch_id", Id, ForeignKey("scheduled_batches.batch_id"), nullable=False, index=True),
-    Column("agent_id", Text),
+    Column("agent_id", LongText),
     Column("created_at", UtcDateTime),
     Column("joined_at", UtcDateTime),
     Column("ended_at", UtcDateTime),
-    Column("end_reason", Text),
+    Column("end_reason", LongText),
     Column("billed_duration_seconds", Seconds),
-    Column("billing_status", Text),
+    Column("billing_status", LongText),
     Column("billed_side_input_tokens", Integer),
     Column("billed_side_output_tokens", Integer),
-    Column("short_summary", Text),
-    Column("summary", Text),
-    Column("medium_type", Text),
-    Column("first_speaker", Text),
-    Column("initial_output_medium", Text),
-    Column("language_hint", Text),
-    Column("model", Text),
-    Column("voice", Text),
+    Column("short_summary", LongText),
+    Column("summary", LongText),
+    Column("medium_type", LongText),
+    Column("first_speaker", LongText),
+    Column("initial_output_medium", LongText),
+    Column("language_hint", LongText),
+    Column("model", LongText),
+    Column("voice", LongText),
     Column("max_duration_seconds", Seconds),
     Column("recording_enabled", Boolean),
     Column("sip_billed_duration_seconds", Seconds),
-    Column("sip_termination_reason", Text),
+    Column("sip_termination_reason", LongText),
     Column("join_url_set", Boolean),  # whether the API sent a join URL (never the URL)
     Column("metadata", JsonDocument),
     Column("extra", JsonDocument),
@@ -263,7 +262,7 @@ calls = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Column("removed_at", UtcDateTime),
     Column("record_digest", Digest, nullable=False),
-    Column("nul_escaped_record", Text),
+    Column("nul_escaped_record", LongText),
 )
 
 call_metadata = Table(
@@ -271,7 +270,7 @@ call_metadata = Table(
     metadata,
     _child_of("calls", "call_id", "call_id"),
     Column("key", MetadataKey, primary_key=True),
-    Column("value", Text, nullable=False),
+    Column("value", LongText, nullable=False),
     Index(None, "key"),
 )
 
@@ -280,11 +279,11 @@ rejected_records = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("run_id", Integer, ForeignKey("etl_runs.run_id"), nullable=False, index=True),
-    Column("batch_id", Text, nullable=False),
-    Column("stream", Text),  # the stream whose listing held the record
+    Column("batch_id", LongText, nullable=False),
+    Column("stream", LongText),  # the stream whose listing held the record
     Column("page", Integer, nullable=False),
     Column("position", Integer, nullable=False),
-    Column("reason", Text, nullable=False),
+    Column("reason", LongText, nullable=False),
     Column("payload", JsonDocument),
     Column("rejected_at", UtcDateTime, nullable=False),
 )

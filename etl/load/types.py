@@ -6,37 +6,42 @@ database needs (`json_type`, `key_type`, `timestamp_type`), so nothing here name
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, String, Text
+from sqlalchemy import JSON, DateTime, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from etl.load.backends import backend_for_dialect, backends
+from etl.load.backends import Backend, backend_for_dialect, backends
 
 
-def _with_backend_variants(base: TypeEngine[Any], attribute: str) -> TypeEngine[Any]:
+def _with_variants(
+    base: TypeEngine[Any], variant_of: Callable[[Backend], TypeEngine[Any] | None]
+) -> TypeEngine[Any]:
+    """`base`, in the form each backend gives it where it gives one."""
     for backend in backends():
-        variant = getattr(backend, attribute)
+        variant = variant_of(backend)
         if variant is not None:
             base = base.with_variant(variant, *backend.dialects)
     return base
 
 
-JsonDocument = _with_backend_variants(JSON(none_as_null=True), "json_type")
+JsonDocument = _with_variants(JSON(none_as_null=True), lambda backend: backend.json_type)
 """A JSON value as sent by the API; Python None is SQL NULL, not JSON 'null'."""
 
 
 def key_text(length: int) -> TypeEngine[Any]:
     """Text that is part of a key or an index (ids, call keys, statuses, names): TEXT, or
-    VARCHAR(length) where TEXT cannot be indexed. The normalizers never hand such a column
-    a longer value (see etl.domain's limits)."""
-    text: TypeEngine[Any] = Text()
-    for backend in backends():
-        if backend.bounded_keys:
-            text = text.with_variant(String(length), *backend.dialects)
-    return text
+    the backend's bounded type where TEXT cannot be indexed. The normalizers never hand such
+    a column a longer value (see etl.domain's limits)."""
+    return _with_variants(Text(), lambda backend: backend.key_type(length))
+
+
+LongText = _with_variants(Text(), lambda backend: backend.text_type())
+"""Text of any length (errors, summaries, metadata values, records): TEXT, or the backend's
+type where TEXT is too short."""
 
 
 class UtcDateTime(TypeDecorator[datetime]):

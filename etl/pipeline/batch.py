@@ -205,14 +205,22 @@ def _sync_batch(run: RunContext, target: Target, conn: Connection, result: Batch
     row = batch_details_row(details)
     with conn.begin():
         batch_store.store_batch_details(conn, batch, row, now)
-        settled = {
-            stream.name: None if run.full else stream.settled(conn, batch, row)
-            for stream in run.streams
-        }
-    if all(settled.values()):
+    context = BatchContext(batch, run.result.run_id, conn, run.clock)
+    for stream in run.streams:
+        # Asked just before the stream would be listed: a later stream's answer may depend on
+        # what an earlier one has just loaded (a batch's calls on its scheduled calls).
+        with conn.begin():
+            note = None if run.full else stream.settled(conn, batch, row)
+        stream_result = StreamResult(stream.name, note=note)
+        result.streams.append(stream_result)
+        if note is None:
+            _list_stream(run, context, stream, stream_result)
+
+    if all(not s.listed for s in result.streams):
         result.status = BatchStatus.SKIPPED
-        reasons = "; ".join(f"{name}: {note}" for name, note in settled.items())
+        reasons = "; ".join(f"{s.stream}: {s.note}" for s in result.streams)
         result.note = f"{reasons}; sync --full lists it anyway"
+        result.streams.clear()  # nothing was listed: the note says it all
         log.info(
             "batch %s skipped: %s",
             batch.batch_id,
@@ -220,14 +228,6 @@ def _sync_batch(run: RunContext, target: Target, conn: Connection, result: Batch
             extra=run.batch_fields(result) | {"event": "batch_skipped"},
         )
         return
-    context = BatchContext(batch, run.result.run_id, conn, run.clock)
-    for stream in run.streams:
-        note = settled[stream.name]
-        stream_result = StreamResult(stream.name, note=note)
-        result.streams.append(stream_result)
-        if note is None:
-            _list_stream(run, context, stream, stream_result)
-
     rejected = result.counts.rejected
     if run.strict and rejected:
         raise ApiError(f"{rejected} records rejected (strict mode); see rejected_records")

@@ -259,7 +259,7 @@ class CreatedCallsStream:
         ).one()
         if stored != placed or still_open:
             return None
-        return f"ended; all {stored} stored calls are billed and summarized"
+        return f"ended; all {stored} stored calls are billed, with their summaries"
 
     def loader(self, context: BatchContext) -> StreamLoader:
         return KeyedRowsLoader(SPEC, context)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from etl.load.types import UtcDateTime
+from etl.load import migration_steps as steps
+from etl.load.types import LongText, UtcDateTime
 
 revision = "0002"
 down_revision = "0001"
@@ -23,17 +24,17 @@ def batch_columns() -> list[sa.Column[object]]:
         sa.Column("created", UtcDateTime(), nullable=True),
         sa.Column("window_start", UtcDateTime(), nullable=True),
         sa.Column("window_end", UtcDateTime(), nullable=True),
-        sa.Column("throttle", sa.Text(), nullable=True),
+        sa.Column("throttle", LongText, nullable=True),
         sa.Column("paused", sa.Boolean(), nullable=True),
         sa.Column("total_count", sa.Integer(), nullable=True),
         sa.Column("completed_count", sa.Integer(), nullable=True),
         sa.Column("ended_at", UtcDateTime(), nullable=True),
-        sa.Column("webhook_url", sa.Text(), nullable=True),
+        sa.Column("webhook_url", LongText, nullable=True),
         sa.Column("details_synced_at", UtcDateTime(), nullable=True),
     ]
 
 
-# Plain SQL that SQLite and PostgreSQL both run. Calls marked removed are left out.
+# Plain SQL that every supported database runs. Calls marked removed are left out.
 BATCH_PROGRESS = """
 CREATE VIEW batch_progress AS
 SELECT
@@ -96,13 +97,10 @@ LEFT JOIN scheduled_call_media m ON m.scheduled_call_id = c.id
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("scheduled_batches") as batch_op:
-        for column in batch_columns():
-            batch_op.add_column(column)
-    with op.batch_alter_table("scheduled_calls") as batch_op:
-        batch_op.add_column(sa.Column("nul_escaped_record", sa.Text(), nullable=True))
-    op.execute(BATCH_PROGRESS)
-    op.execute(SCHEDULED_CALL_REPORT)
+    steps.add_columns("scheduled_batches", *batch_columns())
+    steps.add_columns("scheduled_calls", sa.Column("nul_escaped_record", LongText, nullable=True))
+    steps.create_view("batch_progress", BATCH_PROGRESS)
+    steps.create_view("scheduled_call_report", SCHEDULED_CALL_REPORT)
 
 
 def downgrade() -> None:

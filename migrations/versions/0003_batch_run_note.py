@@ -10,6 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from etl.load import migration_steps as steps
+from etl.load.types import LongText
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
@@ -17,12 +20,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("etl_batch_runs") as batch_op:
-        batch_op.add_column(sa.Column("note", sa.Text(), nullable=True))
+    steps.add_columns("etl_batch_runs", sa.Column("note", LongText, nullable=True))
     # Before this revision a skipped, locked or removed batch kept its reason in `error`.
     op.execute(
         "UPDATE etl_batch_runs SET note = error, error = NULL "
-        "WHERE status IN ('skipped', 'locked', 'removed')"
+        "WHERE status IN ('skipped', 'locked', 'removed') AND error IS NOT NULL"
     )
 
 

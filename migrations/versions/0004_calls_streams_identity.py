@@ -22,7 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
-from etl.load.types import JsonDocument, UtcDateTime, key_text
+from etl.load import migration_steps as steps
+from etl.load.types import JsonDocument, LongText, UtcDateTime, key_text
 
 revision = "0004"
 down_revision = "0003"
@@ -102,16 +103,17 @@ def _counts() -> list[sa.Column[int]]:
 
 
 def upgrade() -> None:
-    op.execute("DROP VIEW batch_progress")
-    op.execute("DROP VIEW scheduled_call_report")
+    steps.drop_view("batch_progress")
+    steps.drop_view("scheduled_call_report")
 
-    op.create_table(
+    backfill_stream_runs = not steps.has_table("etl_stream_runs")
+    steps.create_table(
         "etl_stream_runs",
         sa.Column("run_id", sa.Integer(), nullable=False),
         sa.Column("batch_id", Id, nullable=False),
         sa.Column("stream", Name, nullable=False),
         *_counts(),
-        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("note", LongText, nullable=True),
         sa.ForeignKeyConstraint(
             ["run_id", "batch_id"],
             ["etl_batch_runs.run_id", "etl_batch_runs.batch_id"],
@@ -120,57 +122,61 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("run_id", "batch_id", "stream", name=op.f("pk_etl_stream_runs")),
     )
-    # Before this revision a batch's counts were its scheduled calls'.
-    counts = ", ".join((*COUNTS, "api_total"))
-    op.execute(
-        f"INSERT INTO etl_stream_runs (run_id, batch_id, stream, {counts}) "  # noqa: S608
-        f"SELECT run_id, batch_id, 'scheduled_calls', {counts} FROM etl_batch_runs "
-        "WHERE pages > 0"
-    )
-    with op.batch_alter_table("rejected_records") as batch_op:
-        batch_op.add_column(sa.Column("stream", sa.Text(), nullable=True))
-    op.execute("UPDATE rejected_records SET stream = 'scheduled_calls'")
+    if backfill_stream_runs:  # before this revision a batch's counts were its scheduled calls'
+        counts = ", ".join((*COUNTS, "api_total"))
+        op.execute(
+            f"INSERT INTO etl_stream_runs (run_id, batch_id, stream, {counts}) "  # noqa: S608
+            f"SELECT run_id, batch_id, 'scheduled_calls', {counts} FROM etl_batch_runs "
+            "WHERE pages > 0"
+        )
+    steps.add_columns("rejected_records", sa.Column("stream", LongText, nullable=True))
+    op.execute("UPDATE rejected_records SET stream = 'scheduled_calls' WHERE stream IS NULL")
 
-    with op.batch_alter_table("scheduled_calls") as batch_op:
-        batch_op.add_column(sa.Column("definition_digest", Id, nullable=True))
-        batch_op.add_column(sa.Column("record_digest", Id, nullable=True))
+    steps.add_columns(
+        "scheduled_calls",
+        sa.Column("definition_digest", Id, nullable=True),
+        sa.Column("record_digest", Id, nullable=True),
+    )
     _backfill_digests()
     with op.batch_alter_table("scheduled_calls") as batch_op:
         batch_op.alter_column("definition_digest", existing_type=Id, nullable=False)
         batch_op.alter_column("record_digest", existing_type=Id, nullable=False)
-        batch_op.create_index(
-            op.f("ix_scheduled_calls_batch_id_definition_digest"),
-            ["batch_id", "definition_digest"],
-        )
-        batch_op.create_index(
-            op.f("ix_scheduled_calls_batch_id_record_digest"), ["batch_id", "record_digest"]
-        )
+    steps.create_index(
+        op.f("ix_scheduled_calls_batch_id_definition_digest"),
+        "scheduled_calls",
+        ["batch_id", "definition_digest"],
+    )
+    steps.create_index(
+        op.f("ix_scheduled_calls_batch_id_record_digest"),
+        "scheduled_calls",
+        ["batch_id", "record_digest"],
+    )
 
-    op.create_table(
+    steps.create_table(
         "calls",
         sa.Column("call_id", Id, nullable=False),
         sa.Column("batch_id", Id, nullable=False),
-        sa.Column("agent_id", sa.Text(), nullable=True),
+        sa.Column("agent_id", LongText, nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=True),
         sa.Column("joined_at", UtcDateTime(), nullable=True),
         sa.Column("ended_at", UtcDateTime(), nullable=True),
-        sa.Column("end_reason", sa.Text(), nullable=True),
+        sa.Column("end_reason", LongText, nullable=True),
         sa.Column("billed_duration_seconds", Seconds, nullable=True),
-        sa.Column("billing_status", sa.Text(), nullable=True),
+        sa.Column("billing_status", LongText, nullable=True),
         sa.Column("billed_side_input_tokens", sa.Integer(), nullable=True),
         sa.Column("billed_side_output_tokens", sa.Integer(), nullable=True),
-        sa.Column("short_summary", sa.Text(), nullable=True),
-        sa.Column("summary", sa.Text(), nullable=True),
-        sa.Column("medium_type", sa.Text(), nullable=True),
-        sa.Column("first_speaker", sa.Text(), nullable=True),
-        sa.Column("initial_output_medium", sa.Text(), nullable=True),
-        sa.Column("language_hint", sa.Text(), nullable=True),
-        sa.Column("model", sa.Text(), nullable=True),
-        sa.Column("voice", sa.Text(), nullable=True),
+        sa.Column("short_summary", LongText, nullable=True),
+        sa.Column("summary", LongText, nullable=True),
+        sa.Column("medium_type", LongText, nullable=True),
+        sa.Column("first_speaker", LongText, nullable=True),
+        sa.Column("initial_output_medium", LongText, nullable=True),
+        sa.Column("language_hint", LongText, nullable=True),
+        sa.Column("model", LongText, nullable=True),
+        sa.Column("voice", LongText, nullable=True),
         sa.Column("max_duration_seconds", Seconds, nullable=True),
         sa.Column("recording_enabled", sa.Boolean(), nullable=True),
         sa.Column("sip_billed_duration_seconds", Seconds, nullable=True),
-        sa.Column("sip_termination_reason", sa.Text(), nullable=True),
+        sa.Column("sip_termination_reason", LongText, nullable=True),
         sa.Column("join_url_set", sa.Boolean(), nullable=True),
         sa.Column("metadata", JsonDocument, nullable=True),
         sa.Column("extra", JsonDocument, nullable=True),
@@ -178,7 +184,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         sa.Column("removed_at", UtcDateTime(), nullable=True),
         sa.Column("record_digest", Id, nullable=False),
-        sa.Column("nul_escaped_record", sa.Text(), nullable=True),
+        sa.Column("nul_escaped_record", LongText, nullable=True),
         sa.ForeignKeyConstraint(
             ["batch_id"],
             ["scheduled_batches.batch_id"],
@@ -186,12 +192,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("call_id", name=op.f("pk_calls")),
     )
-    op.create_index(op.f("ix_calls_batch_id"), "calls", ["batch_id"])
-    op.create_table(
+    steps.create_index(op.f("ix_calls_batch_id"), "calls", ["batch_id"])
+    steps.create_table(
         "call_metadata",
         sa.Column("call_id", Id, nullable=False),
         sa.Column("key", MetadataKey, nullable=False),
-        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("value", LongText, nullable=False),
         sa.ForeignKeyConstraint(
             ["call_id"],
             ["calls.call_id"],
@@ -200,11 +206,11 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("call_id", "key", name=op.f("pk_call_metadata")),
     )
-    op.create_index(op.f("ix_call_metadata_key"), "call_metadata", ["key"])
+    steps.create_index(op.f("ix_call_metadata_key"), "call_metadata", ["key"])
 
-    op.execute(BATCH_PROGRESS)
-    op.execute(_revision_0002().SCHEDULED_CALL_REPORT)
-    op.execute(SCHEDULED_CALL_OUTCOMES)
+    steps.create_view("batch_progress", BATCH_PROGRESS)
+    steps.create_view("scheduled_call_report", _revision_0002().SCHEDULED_CALL_REPORT)
+    steps.create_view("scheduled_call_outcomes", SCHEDULED_CALL_OUTCOMES)
 
 
 def _backfill_digests() -> None:
@@ -212,12 +218,14 @@ def _backfill_digests() -> None:
     calls = sa.table(
         "scheduled_calls",
         sa.column("id", sa.Integer()),
-        sa.column("call_key", sa.Text()),
-        sa.column("definition_digest", sa.Text()),
-        sa.column("record_digest", sa.Text()),
+        sa.column("call_key", LongText),
+        sa.column("definition_digest", LongText),
+        sa.column("record_digest", LongText),
     )
     bind = op.get_bind()
-    rows = bind.execute(sa.select(calls.c.id, calls.c.call_key)).all()
+    rows = bind.execute(
+        sa.select(calls.c.id, calls.c.call_key).where(calls.c.definition_digest.is_(None))
+    ).all()
     update = (
         sa.update(calls)
         .where(calls.c.id == sa.bindparam("row_id"))
@@ -236,12 +244,11 @@ def _revision_0002() -> Any:
 
 
 def downgrade() -> None:
+    # Dropping a table drops its indexes (MySQL refuses to drop one a foreign key needs).
     op.execute("DROP VIEW scheduled_call_outcomes")
     op.execute("DROP VIEW scheduled_call_report")
     op.execute("DROP VIEW batch_progress")
-    op.drop_index(op.f("ix_call_metadata_key"), table_name="call_metadata")
     op.drop_table("call_metadata")
-    op.drop_index(op.f("ix_calls_batch_id"), table_name="calls")
     op.drop_table("calls")
     with op.batch_alter_table("scheduled_calls") as batch_op:
         batch_op.drop_index(op.f("ix_scheduled_calls_batch_id_record_digest"))

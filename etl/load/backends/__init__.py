@@ -320,10 +320,17 @@ class Backend:
     """True where a timestamp column has no time zone: values are stored as naive UTC."""
     json_type: ClassVar[TypeEngine[Any] | None] = None
     """The JSON column type, where it is not SQLAlchemy's generic JSON."""
-    bounded_keys: ClassVar[bool] = False
-    """True where TEXT cannot be indexed: indexed text columns get VARCHAR(length) here."""
     timestamp_type: ClassVar[TypeEngine[Any] | None] = None
     """The timestamp column type, where `DateTime(timezone=True)` is not the right one."""
+
+    def key_type(self, length: int) -> TypeEngine[Any] | None:
+        """The type of text that is part of a key or an index, of at most `length`
+        characters, where plain TEXT cannot be indexed."""
+        return None
+
+    def text_type(self) -> TypeEngine[Any] | None:
+        """The type of unbounded text, where plain TEXT is not the right one."""
+        return None
 
     def accepts(self, url: URL) -> bool:
         return url.get_backend_name() in self.dialects
