@@ -206,6 +206,14 @@ def build_source(args: argparse.Namespace, batches: list[str]) -> Any:
     )
 
 
+def cpu_seconds() -> float:
+    """User and system CPU of this process and its finished children (normalize workers)."""
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def setup_row() -> Iterator[dict[str, Any]]:
     yield {"peer": "dlt", "started_at": time.time()}
 
@@ -231,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             dlt.resource(setup_row, name="peer_setup"), loader_file_format=args.loader_file_format
         ).raise_on_failed_jobs()
 
+        cpu_before = cpu_seconds()
         start = time.perf_counter()
         info = pipeline.run(source, loader_file_format=args.loader_file_format)
         wall = time.perf_counter() - start
+        cpu = cpu_seconds() - cpu_before
         info.raise_on_failed_jobs()
 
         with pipeline.sql_client() as client:
@@ -257,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "served": served,
         "fetched": rows,  # what bench/run.py checks against the calls it asked for
         "steps": steps,
+        "cpu_s": round(cpu, 2),
         "tables": len([t for t in tables if t.startswith(TABLE)]),
         "dlt": dlt.__version__,
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

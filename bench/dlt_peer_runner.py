@@ -176,6 +176,7 @@ def report_lines(peer: Peer, by_name: dict[str, Any], rate_cap: float) -> list[s
         f"{float(p.result.get('children_rss_mib', 0)):.0f} MiB), {LOAD_WORKERS} load threads, "
         f"`csv` files loaded with COPY; the same {rate_cap:,.0f} requests/s cap, applied by "
         f"bench/dlt_peer.py (dlt has none); {p.result.get('tables', '?')} tables made; "
-        f"dlt's steps: {steps}. Not judged by the targets."
+        f"dlt's steps: {steps}; CPU of its processes {float(p.result.get('cpu_s', 0)):.1f} s "
+        "(PostgreSQL's not counted). Not judged by the targets."
     )
     return lines
