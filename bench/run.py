@@ -22,6 +22,8 @@ Every scenario runs in a fresh Python process, so its peak RSS is its own:
     E   re-sync into B's database after 30% of the calls changed status
     A'  A again, every request delayed by --latency-ms (the fake's latency knob)
     F   B again (a fresh database), every request delayed by --latency-ms
+    P   optional peer, right after B: dlt's rest_api source into a fresh PostgreSQL database
+        (--dlt / --no-dlt; default: when its virtualenv exists; bench/dlt_peer_runner.py)
 
 B-F call the project's entry point, etl.pipeline.sync (full=True, so every batch is listed),
 with `[api] concurrency` = --concurrency and the client's rate cap at 1,000 requests/s; A and
@@ -57,6 +59,8 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`: make `bench` and `etl` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import dlt_peer_runner as peer
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results" / "latest.md"
 DEFAULT_POSTGRES_URL = "postgresql://root@127.0.0.1:5432/postgres"
@@ -71,6 +75,7 @@ TARGETS: dict[str, tuple[str, float | None, str]] = {
     "E": ("re-sync → PostgreSQL, 30% changed status", 2.0, "A"),
     "A'": ("A with latency", None, "A'"),
     "F": ("B with latency", 1.2, "A'"),
+    peer.NAME: (peer.WHAT, None, "A"),  # optional, compared and never judged
 }
 MIN_CALLS_PER_SECOND_B = 30_000
 MAX_RSS_MIB = 150
@@ -294,6 +299,12 @@ def _table(rows: list[Row], by_name: dict[str, Row]) -> tuple[str, list[str]]:
         rss = float(row.result["rss_mib"])
         targets = []
         met = rss < MAX_RSS_MIB
+        if row.name == peer.NAME:
+            lines.append(
+                f"| {row.name} | {what} | {row.calls:,} | {row.wall:.2f} | {rate:,.0f} | "
+                f"{rss:.0f} | {ratio:.2f}x {base} | none (a peer) | — |"
+            )
+            continue
         if limit is not None:
             targets.append(f"≤ {limit:g}x {base}")
             met = met and ratio <= limit
@@ -330,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda text: [int(n) for n in text.split(",")],
         help="experiment: gc.freeze() and gc.set_threshold(T0,T1,T2) in every scenario",
     )
+    peer.add_arguments(parser)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)  # internal: one scenario, as JSON
     args = parser.parse_args(argv)
 
@@ -347,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         if py_spy is None:
             print("py-spy is not on PATH: cProfile, main thread only", file=sys.stderr)
 
+    dlt_peer = peer.prepare(args)
     postgres = Postgres(args.postgres_url)
     server = FakeServer(args.batches, per_batch)
     tmp = tempfile.TemporaryDirectory(prefix="etl-bench-")
@@ -374,6 +387,12 @@ def main(argv: list[str] | None = None) -> int:
         run("A", "fetch")
         pg_url = postgres.fresh()
         run("B", "sync", pg_url, inserted=calls)
+        if dlt_peer.runs:  # before E's changes and any latency: B's calls
+            print(f"… {peer.NAME}: {peer.WHAT}", file=sys.stderr, flush=True)
+            result = peer.run(dlt_peer, server.hello, postgres.fresh(), page_size=args.page_size,
+                              concurrency=args.concurrency, rate_cap=RATE_CAP)  # fmt: skip
+            rows.append(Row(peer.NAME, calls, result, {"fetched": calls}))
+            print(f"  {rows[-1].wall:.2f} s", file=sys.stderr, flush=True)
         run("C", "sync", f"sqlite:///{tmp.name}/bench.db", inserted=calls)
         run("D", "sync", pg_url, unchanged=calls, inserted=0, updated=0)
         changed = int(server.command("advance 0.3").split()[-1])
@@ -409,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
             settings + ".",
             "",
             table,
+            "",
+            *peer.report_lines(dlt_peer, by_name, RATE_CAP),
             "",
             "Ratio: wall time over A's (F over A', the fetch with the same latency). Peak RSS: "
             "the scenario's own process (each runs in a fresh one).",
