@@ -119,7 +119,7 @@ def _fetch_only(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sync(spec: dict[str, Any]) -> dict[str, Any]:
-    from etl.config import BatchRef, Config
+    from etl.config import BatchRef, Config, SyncSettings
     from etl.load.database import open_engine, upgrade_to_head
 
     config = Config(
@@ -128,6 +128,7 @@ def _sync(spec: dict[str, Any]) -> dict[str, Any]:
         batches=tuple(BatchRef(spec["agent_id"], b) for b in spec["batches"]),
         api_key=spec["api_key"],
         source="bench",
+        sync=SyncSettings(created_calls=spec.get("created_calls", False)),
     )
     engine = open_engine(config.database_url)
     upgrade_to_head(engine)

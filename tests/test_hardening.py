@@ -679,7 +679,7 @@ def test_a_run_killed_with_sigkill_at_any_point_leaves_a_consistent_database(
     killed_at_sql("worker-commit", "batch-worker", 3)
     assert_consistent(engine, fake_api, batches)
     # ...and just before a later one.
-    killed_at_sql("worker-commit", "batch-worker", 12)
+    killed_at_sql("worker-commit", "batch-worker", 30)
     assert 0 < assert_consistent(engine, fake_api, batches) < 180
 
     # After every page, before the run record is closed: all data in, the run left `running`.

@@ -8,7 +8,9 @@ type processing, so these tests also read every kind of value back through SQLAl
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,11 +19,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 
 from etl.config import BatchRef
 from etl.domain import status_rank
+from etl.extract.pagination import Page
 from etl.fake_api import generate_calls
 from etl.load import batches as batch_store
 from etl.load import scheduled_calls as loader_module
@@ -38,7 +41,7 @@ from etl.load.schema import (
 )
 from etl.normalize.medium import MEDIA_COLUMNS
 from etl.report.records import RunRecorder
-from etl.streams import BatchContext, PageResult
+from etl.streams import BatchContext, Listing, PageResult
 from etl.streams.scheduled_calls import NormalizedScheduledCall, normalize_record, record_digest
 from tests.conftest import AGENT_ID, rows
 from tests.test_sync_e2e import snapshot
@@ -66,7 +69,9 @@ class Setup:
     def load(self, *pages: list[dict[str, Any]], complete: bool = True) -> list[PageResult]:
         """One listing of these pages, finished (complete or not)."""
         loader = self.new_loader()
-        results = [loader.load_page(n, page, lenient=True) for n, page in enumerate(pages, 1)]
+        results = [
+            loader.load_page(as_page(n, page), UNFILTERED) for n, page in enumerate(pages, 1)
+        ]
         loader.finish(listed_to_end=True, complete=complete)
         return results
 
@@ -89,6 +94,23 @@ def setup(engine: Engine) -> Iterator[Setup]:
     yield Setup(engine, batch, new_loader)
     for conn in connections:
         conn.close()
+
+
+UNFILTERED = Listing({})
+
+
+def as_page(number: int, records: list[Any]) -> Page:
+    """A page as the client hands it over: parsed leniently, with a digest of its text."""
+    text = json.dumps(records).encode()
+    return Page(
+        number=number,
+        results=records,
+        total=None,
+        cursor=None,
+        is_last=True,
+        lenient=True,
+        digest=hashlib.blake2b(text, digest_size=16).digest(),
+    )
 
 
 def normalized(records: list[dict[str, Any]]) -> list[NormalizedScheduledCall]:
@@ -282,6 +304,7 @@ def test_a_newer_normalizer_rewrites_child_rows_without_moving_updated_at(
 
     monkeypatch.setattr(loader_module, "normalize_record", newer)
     monkeypatch.setattr(loader_module, "record_digest", lambda r: "1" * 32)
+    monkeypatch.setattr(loader_module, "NORMALIZER_VERSION", 1_000)
 
     [result] = setup.load([record])
 
@@ -315,7 +338,7 @@ def test_finish_marks_absent_calls_removed_and_a_returning_call_is_cleared(setup
         (0,)
     ]
     loader = setup.new_loader()
-    loader.load_page(1, kept, lenient=True)
+    loader.load_page(as_page(1, kept), UNFILTERED)
     assert loader.finish(listed_to_end=True, complete=True) == 10
     c = scheduled_calls.c
     removed = fetch(
@@ -347,7 +370,7 @@ def test_a_page_larger_than_one_lookup_chunk_and_a_rejected_record(setup: Setup)
     )
 
     loader = setup.new_loader()
-    first = loader.load_page(4, records, lenient=True).counts
+    first = loader.load_page(as_page(4, records), UNFILTERED).counts
     [second] = setup.load(records)
 
     assert (first.inserted, first.rejected) == (1234, 1)
@@ -380,7 +403,7 @@ def test_a_driver_error_in_a_bulk_statement_is_a_database_error_and_rolls_back(
     records = generate_calls(setup.batch.batch_id, 10, seed=9)
 
     with pytest.raises(DBAPIError):
-        setup.new_loader().load_page(1, records, lenient=True)
+        setup.new_loader().load_page(as_page(1, records), UNFILTERED)
 
     assert rows(engine, "SELECT count(*) FROM scheduled_calls")[0][0] == 0
 
@@ -498,8 +521,63 @@ def test_a_call_id_of_another_batch_is_rejected(setup: Setup) -> None:
     run, _lock = RunRecorder(setup.engine, Clock()).start_run(ProcessLocalLocks())
     with setup.engine.connect() as conn:
         loader = ScheduledCallLoader(BatchContext(other, run.run_id, conn, Clock()))
-        result = loader.load_page(1, [call(other, "SUCCESS", placed)], lenient=True)
+        result = loader.load_page(as_page(1, [call(other, "SUCCESS", placed)]), UNFILTERED)
 
     assert [r.reason for r in result.rejected] == [
         f"callId {placed} belongs to a call of batch {setup.batch.batch_id}"
     ]
+
+
+# -- pages that come again (etl.load.page_memory) -----------------------------------------
+
+
+def test_a_page_that_comes_again_is_claimed_without_a_statement(setup: Setup) -> None:
+    records = generate_calls(setup.batch.batch_id, 30, seed=11)
+    setup.load(records[:15], records[15:])
+    statements: list[str] = []
+    loader = setup.new_loader()
+    event.listen(loader.context.conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    counts = [loader.load_page(as_page(n, part), UNFILTERED).counts for n, part in
+              enumerate((records[:15], records[15:]), 1)]  # fmt: skip
+
+    assert [(c.unchanged, c.updated, c.inserted) for c in counts] == [(15, 0, 0), (15, 0, 0)]
+    # Two reads of what the batch holds, one of each page's memory; nothing written.
+    sent = [s for s in statements if not s.startswith("BEGIN")]
+    assert [s.split()[0] for s in sent] == ["SELECT"] * (2 + 2), sent
+    assert loader.finish(listed_to_end=True, complete=True) == 0
+
+
+def test_a_remembered_page_whose_row_was_marked_removed_is_read_again(setup: Setup) -> None:
+    records = generate_calls(setup.batch.batch_id, 10, seed=12)
+    setup.load(records)
+    with setup.engine.begin() as conn:
+        conn.execute(text("UPDATE scheduled_calls SET removed_at = first_seen_at WHERE id = 1"))
+
+    [result] = setup.load(records)
+
+    assert (result.counts.updated, result.counts.unchanged) == (1, 9)
+    assert rows(setup.engine, "SELECT count(*) FROM scheduled_calls WHERE removed_at IS NULL") == [
+        (10,)
+    ]
+
+
+def test_a_page_with_a_rejected_record_is_never_remembered(setup: Setup) -> None:
+    records: list[Any] = [call(setup.batch), {**call(setup.batch), "metadata": [1]}]
+    for _ in range(2):
+        [result] = setup.load(records)
+        assert result.counts.rejected == 1 and len(result.rejected) == 1
+    assert rows(setup.engine, "SELECT count(*) FROM etl_listing_pages") == [(0,)]
+
+
+def test_a_listing_that_writes_forgets_the_pages_of_the_other_listings(setup: Setup) -> None:
+    b = setup.batch
+    setup.load([call(b, "FUTURE", templateContext={"n": 1}), call(b, "ERROR", error="x")])
+    assert rows(setup.engine, "SELECT count(*) FROM etl_listing_pages") == [(1,)]
+    errors = Listing({"status": "ERROR"}, shows_every_record=False)
+    loader = setup.new_loader()
+
+    loader.load_page(as_page(1, [call(b, "ERROR", error="y")]), errors)  # a change
+
+    listings = rows(setup.engine, "SELECT listing FROM etl_listing_pages")
+    assert [r.listing.split(":", 1)[1] for r in listings] == ["status=ERROR"]

@@ -12,6 +12,7 @@ request's retries (etl.extract.circuit).
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import json
 import logging
 import re
@@ -230,6 +231,8 @@ class ApiResponse:
     """True when the body may hold what a database cannot store as it is: U+0000 or a lone
     surrogate (\\u0000, \\ud800 escapes), or values only the json module reads (NaN,
     1e400, integers beyond 64 bits, deep nesting). Its records then get every check."""
+    digest: bytes = b""
+    """A digest of the body's bytes: equal bodies, equal digests (see etl.load.page_memory)."""
 
 
 class UltravoxClient:
@@ -361,7 +364,7 @@ class UltravoxClient:
             lenient = (
                 lenient or b"\\u0000" in content or _SURROGATE_ESCAPE.search(content) is not None
             )
-            return ApiResponse(body, lenient)
+            return ApiResponse(body, lenient, hashlib.blake2b(content, digest_size=16).digest())
         if status == 429 or status >= 500:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise TransientError(f"HTTP {status} on GET {path}", retry_after=retry_after)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,6 +32,9 @@ class Page:
     is_last: bool
     lenient: bool = True
     """Whether the page may hold what a database cannot store as it is (see ApiResponse)."""
+    digest: bytes = field(default=b"", compare=False)
+    """A digest of the page's bytes as they came (see ApiResponse). Pages compare by what
+    they say, not by how it was spelled."""
 
 
 class RepeatedCursor(MalformedResponse):
@@ -56,7 +59,13 @@ def cursor_from_next(next_url: str, *, expected_host: str, where: str) -> str:
 
 
 def check_page(
-    body: Any, *, number: int, cursor: str | None, where: str, lenient: bool = True
+    body: Any,
+    *,
+    number: int,
+    cursor: str | None,
+    where: str,
+    lenient: bool = True,
+    digest: bytes = b"",
 ) -> tuple[Page, Any]:
     """Validate a page body; return the Page and its raw `next` value."""
     if not isinstance(body, dict):
@@ -77,6 +86,7 @@ def check_page(
         cursor=cursor,
         is_last=not next_url,
         lenient=lenient,
+        digest=digest,
     )
     return page, next_url
 
@@ -106,6 +116,7 @@ def iterate_pages(
             cursor=cursor,
             where=where,
             lenient=response.lenient,
+            digest=response.digest,
         )
         log.debug("%s: page %d with %d results", where, number, len(page.results))
         yield page

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, select
 
 from etl.domain import StreamCounts
+from etl.extract.pagination import Page
 from etl.load.backends import Bulk, backend_for, driver_errors_translated
+from etl.load.page_memory import Member, PageMemory
 from etl.load.rejects import RejectCollector
 from etl.normalize.json_values import RecordError
-from etl.streams import BatchContext, PageResult
+from etl.streams import BatchContext, Listing, PageResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,8 @@ class KeyedStreamSpec:
     raises RecordError for a record that cannot be stored."""
     without_secrets: Callable[[Any], Any]
     """The record as rejected_records may keep it."""
+    version: int
+    """The normalizer's version: a newer one reads every remembered page again."""
 
 
 class KeyedRowsLoader:
@@ -66,7 +70,9 @@ class KeyedRowsLoader:
         self.spec = spec
         self.context = context
         self.backend = backend_for(context.conn)
+        self.memory = PageMemory(context.conn, context.batch.batch_id, spec.stream, spec.version)
         self._seen: set[str] = set()
+        self._removed: set[str] | None = None
         value_columns = [
             c.name
             for c in spec.table.columns
@@ -74,18 +80,41 @@ class KeyedRowsLoader:
         ]
         self._columns = tuple(value_columns)
 
-    def load_page(self, page_number: int, records: list[Any], *, lenient: bool) -> PageResult:
+    def load_page(self, page: Page, listing: Listing) -> PageResult:
         spec = self.spec
+        records = page.results
         counts = StreamCounts(pages=1, fetched=len(records))
         result = PageResult(counts)
+        recollection = self.memory.recall(page, listing.key)
+        remembered = recollection.members if recollection is not None else []
+        removed = self._removed_keys()
+        if recollection is not None and recollection.same_page:
+            keys_then = [key for key, _ in remembered]
+            if not any(k in self._seen or k in removed for k in keys_then):
+                self._seen.update(keys_then)
+                counts.unchanged = len(records)
+                return result
         conn = self.context.conn
         batch_id = self.context.batch.batch_id
         with conn.begin(), driver_errors_translated(conn):
             db = self.backend.bulk(conn)
-            rejects = RejectCollector(self.context, spec.stream, page_number, spec.without_secrets)
+            rejects = RejectCollector(self.context, spec.stream, page.number, spec.without_secrets)
+            members: list[Member | None] = [None] * len(records)
             digests = [spec.digest(r) for r in records]
             record_keys = [spec.record_key(r) for r in records]
-            keys = sorted({k for k in record_keys if k is not None})
+            # A record as remembered at its place of the page is its row, unchanged.
+            for position, (digest, key) in enumerate(zip(digests, record_keys, strict=True)):
+                if (
+                    key is not None
+                    and position < len(remembered)
+                    and remembered[position] == (key, digest)
+                    and key not in self._seen
+                    and key not in removed
+                ):
+                    self._seen.add(key)
+                    members[position] = (key, digest)
+                    counts.unchanged += 1
+            keys = sorted({k for k, m in zip(record_keys, members, strict=True) if k and not m})
             stored = {
                 key: (digest, owner, removed_at)
                 for key, digest, owner, removed_at in db.select_in(
@@ -101,6 +130,8 @@ class KeyedRowsLoader:
             for position, (record, digest, key) in enumerate(
                 zip(records, digests, record_keys, strict=True)
             ):
+                if members[position] is not None:
+                    continue
                 if key is not None and key in self._seen:
                     rejects.add(position, f"{spec.key} {key} is listed twice in this batch", record)
                     continue
@@ -110,14 +141,16 @@ class KeyedRowsLoader:
                     continue
                 if key is not None and old is not None and old[0] == digest and old[2] is None:
                     self._seen.add(key)
+                    members[position] = (key, digest)
                     counts.unchanged += 1
                     continue
                 try:
-                    rows = spec.rows(record, digest, lenient)
+                    rows = spec.rows(record, digest, page.lenient)
                 except RecordError as exc:
                     rejects.add(position, str(exc), record)
                     continue
                 self._seen.add(rows.key)
+                members[position] = (rows.key, digest)
                 result.new_values |= rows.new_values
                 (new if old is None else changed).append(rows)
             self._write(db, new, changed)
@@ -125,7 +158,23 @@ class KeyedRowsLoader:
             counts.updated += len(changed)
             counts.rejected = len(rejects.rejected)
             result.rejected = rejects.write(conn)
+            self.memory.note(conn, page, listing.key, members, wrote=bool(new or changed))
         return result
+
+    def _removed_keys(self) -> set[str]:
+        if self._removed is None:
+            key = self.spec.table.c[self.spec.key]
+            removed_at = self.spec.table.c.removed_at
+            batch_id = self.spec.table.c.batch_id
+            with self.context.conn.begin():
+                self._removed = set(
+                    self.context.conn.execute(
+                        select(key).where(
+                            (batch_id == self.context.batch.batch_id) & removed_at.is_not(None)
+                        )
+                    ).scalars()
+                )
+        return self._removed
 
     def _write(self, db: Bulk, new: list[KeyedRows], changed: list[KeyedRows]) -> None:
         spec = self.spec

@@ -28,10 +28,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from etl.domain import KNOWN_STATUSES, StreamCounts, status_rank
+from etl.extract.pagination import Page
 from etl.load.backends import Bulk, backend_for, driver_errors_translated, json_text
+from etl.load.page_memory import Member, PageMemory, Recollection
 from etl.load.rejects import RejectCollector
 from etl.load.schema import (
     scheduled_batches,
@@ -43,8 +45,9 @@ from etl.load.schema import (
 )
 from etl.normalize.json_values import RecordError
 from etl.normalize.medium import MEDIA_COLUMNS, MEDIA_JSON_COLUMNS
-from etl.streams import BatchContext, PageResult
+from etl.streams import BatchContext, Listing, PageResult
 from etl.streams.scheduled_calls import (
+    NORMALIZER_VERSION,
     NormalizedScheduledCall,
     check_record,
     normalize_record,
@@ -144,62 +147,135 @@ class ScheduledCallLoader:
         self.context = context
         self.batch = context.batch
         self.backend = backend_for(context.conn)
+        self.memory = PageMemory(context.conn, self.batch.batch_id, STREAM, NORMALIZER_VERSION)
         self._seen = SeenIds()
+        self._removed: set[int] | None = None
+        self._fresh: set[int] | None = None
+        """When the batch had no stored call as this sync began: the (first 8 bytes of the)
+        definition digests this sync has stored. Then no record can be a stored one but
+        through its definition, and only a definition seen before needs a lookup."""
+        self._first_page = True
 
-    def load_page(self, page_number: int, records: list[Any], *, lenient: bool) -> PageResult:
+    def load_page(self, page: Page, listing: Listing) -> PageResult:
+        records = page.results
         counts = StreamCounts(pages=1, fetched=len(records))
         result = PageResult(counts)
+        if self._first_page:
+            self._first_page = False
+            self._note_start()
+        # A batch that held no call as this sync began has nothing a memory could name.
+        recollection = None if self._fresh is not None else self.memory.recall(page, listing.key)
+        if (
+            recollection is not None
+            and recollection.same_page
+            and self._claimed_all(recollection.members)
+        ):
+            counts.unchanged = len(records)
+            return result
         conn = self.context.conn
         with conn.begin(), driver_errors_translated(conn):
             db = self.backend.bulk(conn)
-            rejects = RejectCollector(self.context, STREAM, page_number, secret_free_payload)
-            changed = self._unchanged_skipped(db, records, lenient, counts, rejects)
+            rejects = RejectCollector(self.context, STREAM, page.number, secret_free_payload)
+            members: list[Member | None] = [None] * len(records)
+            changed = self._unchanged_skipped(db, page, recollection, counts, rejects, members)
             if changed:
-                self._write(db, self._matched(db, changed, records, rejects), counts, result)
+                matches = self._matched(db, changed, records, rejects)
+                self._write(db, matches, counts, result, members)
             counts.rejected = len(rejects.rejected)
             result.rejected = rejects.write(conn)
+            self.memory.note(conn, page, listing.key, members, wrote=bool(changed))
         return result
+
+    def _note_start(self) -> None:
+        """What this sync needs to know of the batch's stored calls once, up front."""
+        c = scheduled_calls.c
+        with self.context.conn.begin():
+            self._removed = set(
+                self.context.conn.execute(
+                    select(c.id).where(
+                        (c.batch_id == self.batch.batch_id) & c.removed_at.is_not(None)
+                    )
+                ).scalars()
+            )
+            stored = self.context.conn.execute(
+                select(c.id).where(c.batch_id == self.batch.batch_id).limit(1)
+            ).first()
+        self._fresh = set() if stored is None else None
+
+    def _claimed_all(self, members: list[Member]) -> bool:
+        """Claim the remembered rows of a page that came again, unless one of them was
+        claimed already or marked removed (see etl.load.page_memory)."""
+        ids = [int(key) for key, _ in members]
+        removed = self._removed or set()
+        if any(i in self._seen or i in removed for i in ids):
+            return False
+        for row_id in ids:
+            self._seen.add(row_id)
+        return True
 
     # -- reading: which records need work --------------------------------------------------------
 
     def _unchanged_skipped(
         self,
         db: Bulk,
-        records: list[Any],
-        lenient: bool,
+        page: Page,
+        recollection: Recollection | None,
         counts: StreamCounts,
         rejects: RejectCollector,
+        members: list[Member | None],
     ) -> list[NormalizedScheduledCall]:
-        """Claim the rows of records stored exactly as sent; normalize the others."""
+        """Claim the rows of records stored exactly as sent (the row remembered at the same
+        place of the page, else one found by the record's digest); normalize the others."""
+        records = page.results
         digests = [record_digest(r) for r in records]
-        by_digest: dict[str, list[tuple[int, Any]]] = defaultdict(list)
-        for row_id, digest, removed_at in db.select_in(
-            scheduled_calls, _BY_DIGEST, {"batch_id": self.batch.batch_id}, "record_digest", digests
-        ):
-            by_digest[digest].append((row_id, removed_at))
-        changed = []
         seen = self._seen
-        for position, (record, digest) in enumerate(zip(records, digests, strict=True)):
-            row_id = next(
+        removed = self._removed or set()
+        remembered = recollection.members if recollection is not None else []
+        pending: list[int] = []
+        for position, digest in enumerate(digests):
+            if position < len(remembered):
+                key, was = remembered[position]
+                row_id = int(key)
+                if was == digest and row_id not in seen and row_id not in removed:
+                    seen.add(row_id)
+                    members[position] = (key, digest)
+                    counts.unchanged += 1
+                    continue
+            pending.append(position)
+        by_digest: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+        if pending and self._fresh is None:  # a fresh batch holds no row this sync did not claim
+            for row_id, digest, removed_at in db.select_in(
+                scheduled_calls,
+                _BY_DIGEST,
+                {"batch_id": self.batch.batch_id},
+                "record_digest",
+                [digests[i] for i in pending],
+            ):
+                by_digest[digest].append((row_id, removed_at))
+        changed = []
+        for position in pending:
+            record, digest = records[position], digests[position]
+            found = next(
                 (
                     i
-                    for i, removed in by_digest.get(digest, ())
-                    if removed is None and i not in seen
+                    for i, was_removed in by_digest.get(digest, ())
+                    if was_removed is None and i not in seen
                 ),
                 None,
             )
-            if row_id is not None:
-                seen.add(row_id)
+            if found is not None:
+                seen.add(found)
+                members[position] = (str(found), digest)
                 counts.unchanged += 1
                 continue
             try:
-                check_record(record, self.batch, lenient=lenient)
+                check_record(record, self.batch, lenient=page.lenient)
             except RecordError as exc:
                 rejects.add(position, str(exc), record)
                 continue
             changed.append(
                 normalize_record(
-                    record, position=position, digest_of_record=digest, may_hold_nul=lenient
+                    record, position=position, digest_of_record=digest, may_hold_nul=page.lenient
                 )
             )
         return changed
@@ -213,6 +289,9 @@ class ScheduledCallLoader:
     ) -> list[_Match]:
         """Each call's stored row (or a new key), per the module doc's rules."""
         batch_id = self.batch.batch_id
+        definitions = {c.definition_digest for c in calls}
+        if self._fresh is not None:  # only a definition this sync stored can have rows
+            definitions = {d for d in definitions if _short(d) in self._fresh}
         stored = {
             row.id: row
             for row in map(
@@ -222,7 +301,7 @@ class ScheduledCallLoader:
                     _STORED,
                     {"batch_id": batch_id},
                     "definition_digest",
-                    sorted({c.definition_digest for c in calls}),
+                    sorted(definitions),
                 ),
             )
         }
@@ -288,7 +367,12 @@ class ScheduledCallLoader:
     # -- writing ----------------------------------------------------------------------------------
 
     def _write(
-        self, db: Bulk, matches: list[_Match], counts: StreamCounts, result: PageResult
+        self,
+        db: Bulk,
+        matches: list[_Match],
+        counts: StreamCounts,
+        result: PageResult,
+        members: list[Member | None],
     ) -> None:
         ts = db.timestamp(self.context.clock())
         new = [m for m in matches if m.stored is None]
@@ -299,8 +383,13 @@ class ScheduledCallLoader:
             [(self.batch.batch_id, self.batch.agent_id, ts, *_written(m, ts)) for m in new],
             key=("batch_id", "call_key"),
         )
-        for row_id in ids:
+        for row_id, m in zip(ids, new, strict=True):
             self._seen.add(row_id)
+            members[m.call.position] = (str(row_id), m.call.record_digest)
+            if self._fresh is not None:
+                self._fresh.add(_short(m.call.definition_digest))
+        for m in old:
+            members[m.call.position] = (str(_stored(m).id), m.call.record_digest)
         db.update_rows(
             scheduled_calls, "id", _WRITTEN, [(_stored(m).id, *_written(m, ts)) for m in old]
         )
@@ -403,6 +492,12 @@ class ScheduledCallLoader:
                 .values(last_synced_at=now, removed_at=None)
             )
         return removed
+
+
+def _short(definition_digest: str) -> int:
+    """The first 8 bytes of a digest: a set of these is a small, exact-enough filter (a
+    false hit only costs a lookup)."""
+    return int(definition_digest[:16], 16)
 
 
 def _stored(match: _Match) -> StoredCall:

@@ -274,6 +274,20 @@ call_metadata = Table(
     Index(None, "key"),
 )
 
+etl_listing_pages = Table(
+    "etl_listing_pages",
+    metadata,
+    # What the job remembers of each page of a listing it read to the end and loaded without
+    # a rejected record: the digest of the page as it came, and the rows its records are, in
+    # order. A page that comes again byte for byte costs a digest (see etl.load.page_memory).
+    Column("batch_id", Id, primary_key=True),
+    Column("stream", Name, primary_key=True),
+    Column("listing", Name, primary_key=True),
+    Column("page", Integer, primary_key=True),
+    Column("digest", Digest, nullable=False),
+    Column("members", LongText, nullable=False),
+)
+
 rejected_records = Table(
     "rejected_records",
     metadata,

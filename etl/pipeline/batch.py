@@ -273,7 +273,7 @@ def _list_stream(
             where=where,
         )
         for page in prefetched(pages, run.stop):
-            loaded = loader.load_page(page.number, page.results, lenient=page.lenient)
+            loaded = loader.load_page(page, listing)
             counts.add(loaded.counts)
             _warn_about(run, batch, where, page.number, loaded, warned)
             listed += len(page.results)

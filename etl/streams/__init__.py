@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Table
 
 from etl.config import BatchRef, Config
 from etl.domain import StreamCounts
+from etl.extract.pagination import Page
 from etl.normalize.json_values import RejectedRecord
 
 
@@ -33,6 +34,11 @@ class Listing:
     """How log lines name the listing beside its batch, e.g. "(status ERROR)"."""
     shows_every_record: bool = True
     """False for a filtered listing: a record it does not show may still exist."""
+
+    @property
+    def key(self) -> str:
+        """The listing's query as text (`""` unfiltered): what tells listings apart."""
+        return "&".join(f"{name}={value}" for name, value in sorted(self.params.items()))
 
 
 @dataclass(slots=True)
@@ -61,9 +67,8 @@ class BatchContext:
 class StreamLoader(Protocol):
     """Loads one listing's pages of one stream for one batch, page by page."""
 
-    def load_page(self, page_number: int, records: list[Any], *, lenient: bool) -> PageResult:
-        """Write one page in one transaction. `lenient`: the page was parsed by the lenient
-        JSON path, so its records may hold what the databases cannot store (NUL, NaN)."""
+    def load_page(self, page: Page, listing: Listing) -> PageResult:
+        """Write one page of `listing` in one transaction (none if it is unchanged)."""
         ...
 
     def finish(self, *, listed_to_end: bool, complete: bool) -> int:

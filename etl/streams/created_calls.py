@@ -222,6 +222,7 @@ SPEC = KeyedStreamSpec(
     digest=record_digest,
     rows=normalize_call,
     without_secrets=without_call_secrets,
+    version=NORMALIZER_VERSION,
 )
 
 
