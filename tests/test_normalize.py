@@ -1011,3 +1011,23 @@ def test_a_metadata_key_too_long_to_index_has_no_row_but_stays_in_the_json() -> 
     call = normalize_one(make_record(metadata={long_key: "v", "short": "s"}))
     assert call.metadata_entries == (("short", "s"),)
     assert call.call.metadata == {long_key: "v", "short": "s"}
+
+
+def _levels(value: Any) -> int:
+    """Levels of nesting of a JSON value: 0 for a scalar."""
+    if isinstance(value, dict):
+        return 1 + max(map(_levels, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_levels, value), default=0)
+    return 0
+
+
+def test_a_rejected_payload_holds_at_most_31_levels_which_mariadb_accepts() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    calls, [reject] = normalize_page([make_record(metadata={"tree": deep})])
+    assert calls == []
+    assert reject.reason.startswith("nested deeper than 32 levels")
+    assert _levels(reject.payload) == 31
+    assert "(nested 32 levels deep or deeper: not kept)" in json.dumps(reject.payload)

@@ -15,7 +15,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from etl.load.backends import Locks, acquire, backend_for, parse_database_url
+from etl.load.backends import (
+    Locks,
+    acquire,
+    backend_for,
+    backends,
+    first_line,
+    parse_database_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +65,16 @@ def locks_for(engine: Engine) -> Locks:
 
 
 def explain(exc: SQLAlchemyError) -> str:
-    """A database failure in one line: the driver's message without SQL or parameters."""
+    """A database failure in one line: in plain words where its backend knows the cause
+    (disk full, locked, read-only…), else the driver's message without SQL or parameters."""
     orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if orig is None:
+        return first_line(exc)
+    for backend in backends():
+        plain = backend.explain(orig)
+        if plain is not None:
+            return plain
+    return first_line(orig)
 
 
 def alembic_config() -> AlembicConfig:
@@ -99,9 +112,9 @@ def _check_not_ahead(engine: Engine, current: str | None) -> None:
     known = {rev.revision for rev in _script().walk_revisions()}
     if current not in known:
         raise SchemaAhead(
-            f"the schema of {describe(engine)} is at revision {current}, which this version "
-            f"of ultravox-etl does not know (it knows up to {head_revision()}): a newer "
-            "version migrated it; run that version, or upgrade ultravox-etl"
+            f"the schema of {describe(engine)} is newer than this version of ultravox-etl "
+            f"(it is at revision {current}; this version knows up to {head_revision()}): "
+            "run the newer version that migrated it, or upgrade ultravox-etl"
         )
 
 

@@ -377,12 +377,7 @@ class ScheduledCallLoader:
         ts = db.timestamp(self.context.clock())
         new = [m for m in matches if m.stored is None]
         old = [m for m in matches if m.stored is not None]
-        ids = db.insert_with_ids(
-            scheduled_calls,
-            _INSERTED,
-            [(self.batch.batch_id, self.batch.agent_id, ts, *_written(m, ts)) for m in new],
-            key=("batch_id", "call_key"),
-        )
+        ids = self._insert(db, new, ts)
         for row_id, m in zip(ids, new, strict=True):
             self._seen.add(row_id)
             members[m.call.position] = (str(row_id), m.call.record_digest)
@@ -432,6 +427,35 @@ class ScheduledCallLoader:
             ],
         )
         result.new_values.update(_unknown_statuses(m.call for m in matches))
+
+    def _insert(self, db: Bulk, new: list[_Match], ts: Any) -> list[int]:
+        """Insert the new rows (renumbering a key `new` held that is taken); their ids.
+
+        A row keeps its key for life, also when the record that holds its callId comes with
+        another definition (two records named one callId and the other one was listed
+        first): the next number of its old definition may then be taken by a row no longer
+        of that definition. Such a key is renumbered and the insert tried again, in a
+        savepoint, so the page (and every later sync of the batch) does not fail on it; the
+        check costs nothing while no key is taken."""
+        if not new:
+            return []
+        conn = self.context.conn
+        while True:
+            savepoint = conn.begin_nested()
+            try:
+                ids = db.insert_with_ids(
+                    scheduled_calls,
+                    _INSERTED,
+                    [(self.batch.batch_id, self.batch.agent_id, ts, *_written(m, ts)) for m in new],
+                    key=("batch_id", "call_key"),
+                )
+            except conn.dialect.loaded_dbapi.IntegrityError:
+                savepoint.rollback()
+                if not _renumber_taken_keys(db, self.batch.batch_id, new):
+                    raise
+                continue
+            savepoint.commit()
+            return ids
 
     def _replace_details(
         self, db: Bulk, details: list[tuple[int, NormalizedScheduledCall]], stale: list[int]
@@ -498,6 +522,30 @@ def _short(definition_digest: str) -> int:
     """The first 8 bytes of a digest: a set of these is a small, exact-enough filter (a
     false hit only costs a lookup)."""
     return int(definition_digest[:16], 16)
+
+
+def _renumber_taken_keys(db: Bulk, batch_id: str, new: list[_Match]) -> bool:
+    """Give each new row whose key a stored row already holds the next free number of its
+    definition (in place); False if no key was taken."""
+    keys = [m.call_key for m in new]
+    taken = {
+        key
+        for (key,) in db.select_in(
+            scheduled_calls, ("call_key",), {"batch_id": batch_id}, "call_key", keys
+        )
+    }
+    if not taken:
+        return False
+    top: dict[str, int] = {}
+    for key in [*keys, *taken]:
+        definition, _, occurrence = key.rpartition("#")
+        top[definition] = max(top.get(definition, 0), int(occurrence))
+    for n, match in enumerate(new):
+        if match.call_key in taken:
+            definition = match.call.definition_digest
+            top[definition] += 1
+            new[n] = match._replace(call_key=f"{definition}#{top[definition]}")
+    return True
 
 
 def _stored(match: _Match) -> StoredCall:

@@ -169,13 +169,14 @@ def unstorable_reason(value: Any) -> str | None:
 def storable_payload(value: Any) -> Any:
     """A copy of a JSON value every database stores as JSON, for a rejected record's payload:
     U+0000 and lone surrogates become U+FFFD, NaN and infinities their names as strings, and
-    what lies deeper than MAX_RECORD_DEPTH a note saying so."""
+    a container at level MAX_RECORD_DEPTH a note saying so (the payload column, like every
+    JSON column, then holds at most 31 levels)."""
     return _storable(value, 1)
 
 
 def _storable(value: Any, depth: int) -> Any:
-    if isinstance(value, dict | list) and depth > MAX_RECORD_DEPTH:
-        return f"(nested deeper than {MAX_RECORD_DEPTH} levels: not kept)"
+    if isinstance(value, dict | list) and depth >= MAX_RECORD_DEPTH:
+        return f"(nested {MAX_RECORD_DEPTH} levels deep or deeper: not kept)"
     if isinstance(value, dict):
         return {
             _UNSTORABLE_CHARACTERS.sub(NUL_REPLACEMENT, k): _storable(v, depth + 1)

@@ -127,10 +127,7 @@ def run_sync(
             raise
         finally:
             _close_unfinished(run, plan)
-            if not recorder.finish_run(result):
-                result.error = "; ".join(
-                    filter(None, [result.error, "the database did not take the run's records"])
-                )
+            recorder.finish_run(result)  # a record it could not write is named in result.error
             if run_lock is not None:
                 run_lock.release()
     return result

@@ -88,10 +88,13 @@ def sync_target(run: RunContext, target: Target) -> None:
     batch = target.batch
     result = BatchResult(batch, BatchStatus.RUNNING)
     run.started[batch.batch_id] = result
-    run.recorder.start_batch(run.result, batch)
     try:
-        with run.engine.connect() as conn:
-            _sync_locked(run, target, conn, result)
+        unrecorded = run.recorder.start_batch(run.result, batch)
+        if unrecorded is not None:  # its outcome could not be told either: not synced
+            _fail(run, result, f"database error: {unrecorded} (its start could not be recorded)")
+        else:
+            with run.engine.connect() as conn:
+                _sync_locked(run, target, conn, result)
     except RunStopping as exc:
         result.status, result.error = BatchStatus.FAILED, exc.reason
         run.fatal = run.fatal or exc

@@ -1,14 +1,17 @@
 """The run records: etl_runs, etl_batch_runs and etl_stream_runs, written from a RunResult.
 
 The run row is committed as `running` before any batch starts, and each batch's row as it
-starts and ends, so `runs` shows a run in progress and a later run can tell a dead one. Those
-writes are best effort: if the database refuses one, the batch goes on (or fails) all the
-same. `finish_run` then writes every batch's outcome again, from the same numbers the summary
-prints, so the records never disagree with what the run reports.
+starts and ends, so `runs` shows a run in progress and a later run can tell a dead one. A
+batch whose start the database will not record is not synced: it fails, so its outcome is
+never a success nobody can see. The end of a batch is written best effort: `finish_run`
+writes every batch's outcome again, from the same numbers the summary prints, each batch in
+its own transaction and the run's row last, so one record the database refuses costs only
+that record; the run then says which records were lost, and exits 1.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -116,57 +119,79 @@ class RunRecorder:
             abandoned.append(run_id)
         return abandoned
 
-    def start_batch(self, run: RunResult, batch: BatchRef) -> None:
-        """Record the batch as running (best effort: a failure is logged, not raised)."""
-        self._try(
-            f"record the start of batch {batch.batch_id}",
-            lambda conn: conn.execute(
-                insert(etl_batch_runs).values(
-                    run_id=run.run_id,
-                    batch_id=batch.batch_id,
-                    agent_id=batch.agent_id,
-                    status=BatchStatus.RUNNING.value,
-                    started_at=self.clock(),
-                    **_counts(StreamCounts()),
+    def start_batch(self, run: RunResult, batch: BatchRef) -> str | None:
+        """Record the batch as running; None if recorded, else why the database refused
+        (then the caller does not sync the batch, and fails it)."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    insert(etl_batch_runs).values(
+                        run_id=run.run_id,
+                        batch_id=batch.batch_id,
+                        agent_id=batch.agent_id,
+                        status=BatchStatus.RUNNING.value,
+                        started_at=self.clock(),
+                        **_counts(StreamCounts()),
+                    )
                 )
-            ),
-        )
+        except SQLAlchemyError as exc:
+            return explain(exc)
+        return None
 
     def finish_batch(self, run: RunResult, result: BatchResult) -> None:
-        """Add the batch's outcome to the run and record it (best effort)."""
+        """Add the batch's outcome to the run and record it (best effort: finish_run writes
+        it again)."""
         with self._lock:
             if not any(b is result for b in run.batches):  # the run may have closed it
                 run.batches.append(result)
         self._try(
-            f"record the outcome of batch {result.batch.batch_id}",
+            f"record the outcome of batch {result.batch.batch_id} yet (tried again at the end)",
             lambda conn: self._write_batch(conn, run.run_id, result, self.clock()),
+            level=logging.WARNING,
         )
 
     def finish_run(self, run: RunResult) -> bool:
-        """Settle the run's status and write every record from it. False if the database
-        would not take them (logged); the run's result stands all the same."""
-        run.status = run.settle()
+        """Write every batch's outcome, then settle the run's status and write its row.
+        False if the database refused a record: each is logged, and named in `run.error`
+        (so the run is not `succeeded` and exits 1); the rest is written all the same."""
         run.finished_at = self.clock()
+        lost = []
+        for result in run.batches:
+            why = self._try(
+                f"record the outcome of batch {result.batch.batch_id}",
+                functools.partial(
+                    self._write_batch,
+                    run_id=run.run_id,
+                    result=result,
+                    finished_at=run.finished_at,
+                ),
+            )
+            if why is not None:
+                batch_id = result.batch.batch_id
+                lost.append(f"the record of batch {batch_id} could not be written ({why})")
+        run.error = "; ".join(filter(None, [run.error, *lost])) or None
+        run.status = run.settle()
         totals = run.totals()
-        synced = len(run.synced)
-
-        def write(conn: Connection) -> None:
-            conn.execute(
+        why = self._try(
+            f"record the outcome of run {run.run_id}",
+            lambda conn: conn.execute(
                 update(etl_runs)
                 .where(etl_runs.c.run_id == run.run_id)
                 .values(
                     finished_at=run.finished_at,
                     status=run.status.value,
-                    batches_ok=synced,
-                    batches_failed=len(run.batches) - synced,
+                    batches_ok=len(run.synced),
+                    batches_failed=len(run.failed),
                     error=run.error,
                     **{f"calls_{name}": getattr(totals, name) for name in RUN_COUNT_NAMES},
                 )
-            )
-            for result in run.batches:
-                self._write_batch(conn, run.run_id, result, run.finished_at)
-
-        return self._try(f"record the outcome of run {run.run_id}", write)
+            ),
+        )
+        if why is not None:
+            unwritten = f"the run's record could not be written ({why})"
+            run.error = "; ".join(filter(None, [run.error, unwritten]))
+            run.status = run.settle()
+        return not lost and why is None
 
     def _write_batch(
         self, conn: Connection, run_id: int, result: BatchResult, finished_at: datetime | None
@@ -212,11 +237,15 @@ class RunRecorder:
                 ],
             )
 
-    def _try(self, what: str, write: Callable[[Connection], object]) -> bool:
+    def _try(
+        self, what: str, write: Callable[[Connection], object], *, level: int = logging.ERROR
+    ) -> str | None:
+        """Write in one transaction; None if it committed, else why not (logged)."""
         try:
             with self.engine.begin() as conn:
                 write(conn)
         except SQLAlchemyError as exc:
-            log.error("could not %s: %s", what, explain(exc))
-            return False
-        return True
+            why = explain(exc)
+            log.log(level, "could not %s: %s", what, why)
+            return why
+        return None

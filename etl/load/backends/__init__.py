@@ -364,6 +364,17 @@ class Backend:
         """The URL as logs show it: one spelling, the password hidden."""
         return masked(url)
 
+    def explain(self, error: BaseException) -> str | None:
+        """A driver error of this database in plain words (what an operator can act on),
+        or None to let its own first line stand."""
+        return None
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message without the SQL, parameters or hints that follow it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
 
 @contextmanager
 def driver_errors_translated(conn: Connection) -> Iterator[None]:

@@ -39,6 +39,14 @@ EXACT_COLLATIONS = {True: "utf8mb4_nopad_bin", False: "utf8mb4_0900_bin"}
 trailing space (two metadata keys, say) are two keys, as on the other databases."""
 _ROWS_PER_STATEMENT = 500
 """Rows per IN list or joined UPDATE: well under the 65,535 placeholders of a statement."""
+_PLAIN_CAUSES = {
+    1142: "the database user may not write here",  # ER_TABLEACCESS_DENIED_ERROR
+    1290: "the database is read-only",  # ER_OPTION_PREVENTS_STATEMENT (--read-only)
+    1021: "disk full on the database server",  # ER_DISK_FULL
+    1114: "disk full on the database server",  # ER_RECORD_FILE_FULL (table full)
+}
+"""Server error numbers whose text does not say plainly what is wrong (it follows in
+brackets)."""
 _SESSION = (
     "SET SESSION sql_mode = 'STRICT_TRANS_TABLES,ERROR_FOR_DIVISION_BY_ZERO,"
     "NO_ENGINE_SUBSTITUTION', time_zone = '+00:00', wait_timeout = 86400"
@@ -103,6 +111,17 @@ class MysqlBackend(Backend):
         return super().describe(
             url.set(drivername=url.get_backend_name()).difference_update_query(["charset"])
         )
+
+    def explain(self, error: BaseException) -> str | None:
+        if not type(error).__module__.startswith("pymysql"):
+            return None
+        # PyMySQL's errors are (error number, message): the message alone reads as the
+        # other databases' do.
+        number, message = (*error.args, None, None)[:2]
+        if not isinstance(number, int) or not isinstance(message, str):
+            return None
+        plain = _PLAIN_CAUSES.get(number)
+        return message if plain is None else f"{plain} ({message})"
 
 
 class ExactVarchar(TypeDecorator[str]):

@@ -20,7 +20,22 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
-from etl.load.backends import Backend, Bulk, Locks, Row, SessionLocks, lock_key, quoted
+from etl.load.backends import (
+    Backend,
+    Bulk,
+    Locks,
+    Row,
+    SessionLocks,
+    first_line,
+    lock_key,
+    quoted,
+)
+
+_PLAIN_CAUSES = {
+    "25006": "the database is read-only",  # read_only_sql_transaction
+    "53100": "disk full on the database server",  # disk_full
+}
+"""SQLSTATEs whose server text does not say plainly what is wrong (it follows in brackets)."""
 
 
 class PostgresBackend(Backend):
@@ -55,6 +70,12 @@ class PostgresBackend(Backend):
 
     def describe(self, url: URL) -> str:
         return super().describe(url.set(drivername="postgresql"))
+
+    def explain(self, error: BaseException) -> str | None:
+        if not type(error).__module__.startswith("psycopg"):
+            return None
+        plain = _PLAIN_CAUSES.get(str(getattr(error, "sqlstate", None)))
+        return None if plain is None else f"{plain} ({first_line(error)})"
 
 
 def _try_lock(conn: Connection, name: str) -> bool:

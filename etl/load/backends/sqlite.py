@@ -13,11 +13,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Connection, Engine, Table, event
 from sqlalchemy.dialects import sqlite
@@ -31,6 +33,7 @@ from etl.load.backends import (
     Locks,
     ProcessLocalLocks,
     Row,
+    first_line,
     quoted,
 )
 
@@ -43,6 +46,14 @@ _KEYS_PER_QUERY = 500
 def _in_memory(url: URL) -> bool:
     database = url.database
     return not database or database == ":memory:" or database.startswith("file::memory:")
+
+
+def _file(url: URL) -> Path:
+    """The database file: the path of a `file:` URI filename (`?uri=true`), else as given."""
+    database = str(url.database)
+    if url.query.get("uri") and database.startswith("file:"):
+        return Path(unquote(urlsplit(database).path))
+    return Path(database)
 
 
 class SqliteBackend(Backend):
@@ -69,7 +80,7 @@ class SqliteBackend(Backend):
     def locks(self, engine: Engine) -> Locks:
         if _in_memory(engine.url):
             return ProcessLocalLocks()
-        return FileLocks(Path(f"{engine.url.database}.locks"))
+        return FileLocks(Path(f"{_file(engine.url)}.locks"))
 
     def bulk(self, conn: Connection) -> Bulk:
         return SqliteBulk(conn)
@@ -86,6 +97,27 @@ class SqliteBackend(Backend):
         if url.query.get("uri") or _in_memory(url):
             return False
         return not Path(str(url.database)).exists()
+
+    def explain(self, error: BaseException) -> str | None:
+        code = getattr(error, "sqlite_errorcode", None)
+        if not isinstance(error, sqlite3.Error) or not isinstance(code, int):
+            return None
+        primary = code & 0xFF  # the extended code names a variant of the primary one
+        if primary == sqlite3.SQLITE_BUSY:
+            return f"database is locked by another program (waited {BUSY_TIMEOUT_MS / 1000:g}s)"
+        plain = _PLAIN_CAUSES.get(primary)
+        return None if plain is None else f"{plain} ({first_line(error)})"
+
+
+_PLAIN_CAUSES = {
+    sqlite3.SQLITE_FULL: "disk full: the database file cannot grow",
+    sqlite3.SQLITE_READONLY: "the database file is read-only",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the database file (does its folder exist?)",
+    sqlite3.SQLITE_CORRUPT: "the database file is damaged",
+    sqlite3.SQLITE_NOTADB: "the file is not a SQLite database",
+    sqlite3.SQLITE_IOERR: "the disk failed to read or write the database file",
+}
+"""Primary result codes an operator can act on, in plain words (the driver's text follows)."""
 
 
 def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
