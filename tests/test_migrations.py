@@ -6,7 +6,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from etl.load.database import (
     alembic_config,
@@ -60,6 +60,28 @@ def test_jsonb_and_timestamptz_on_postgresql(engine: Engine) -> None:
     columns = inspect(engine).get_columns("scheduled_calls")
     first_seen = next(c for c in columns if c["name"] == "first_seen_at")["type"]
     assert getattr(first_seen, "timezone", None) is True
+
+
+def test_every_table_and_column_has_its_comment_on_postgresql(engine: Engine) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite keeps no comments")
+    upgrade_to_head(engine)
+    with engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            described = conn.execute(
+                text("SELECT obj_description(CAST(:t AS regclass), 'pg_class')"), {"t": table.name}
+            ).scalar_one()
+            columns = conn.execute(
+                text(
+                    "SELECT attname, col_description(attrelid, attnum) FROM pg_attribute "
+                    "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"
+                ),
+                {"t": table.name},
+            )
+            assert described == table.comment and described, table.name
+            by_column = {name: comment for name, comment in columns}
+            assert by_column == {c.name: c.comment for c in table.columns}, table.name
+            assert all(by_column.values()), table.name
 
 
 def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:

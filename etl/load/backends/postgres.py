@@ -20,7 +20,30 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
-from etl.load.backends import Backend, Bulk, Locks, Row, SessionLocks, lock_key, quoted
+from etl.load.backends import (
+    AirflowConnection,
+    Backend,
+    Bulk,
+    Locks,
+    Row,
+    SessionLocks,
+    lock_key,
+    quoted,
+)
+
+_LIBPQ_EXTRAS = (
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "target_session_attrs",
+)
+"""Airflow Connection extras that are libpq settings; the others (Airflow's own) are not."""
 
 
 class PostgresBackend(Backend):
@@ -28,6 +51,7 @@ class PostgresBackend(Backend):
     dialects = ("postgresql",)
     url_forms = ("postgresql://user:password@host:5432/dbname",)
     json_type = postgresql.JSONB(none_as_null=True)
+    airflow_connection_types = ("postgres", "postgresql")
 
     def accepts(self, url: URL) -> bool:
         # psycopg 3 is what the project installs; another driver would fail to import.
@@ -55,6 +79,19 @@ class PostgresBackend(Backend):
 
     def describe(self, url: URL) -> str:
         return super().describe(url.set(drivername="postgresql"))
+
+    def connection_url(self, conn: AirflowConnection) -> URL:
+        # host, port, login, password, schema (the database) and the libpq extras.
+        extras = conn.extra_dejson
+        return URL.create(
+            "postgresql",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query={k: str(extras[k]) for k in _LIBPQ_EXTRAS if extras.get(k) is not None},
+        )
 
 
 def _try_lock(conn: Connection, name: str) -> bool:
