@@ -301,7 +301,7 @@ def _serving_lines(fake: FakeUltravox, base_url: str, agent_id: str) -> list[str
     ]
     for batch in fake.batches.values():
         lines += ["", "[[batches]]", f'agent_id = "{agent_id}"', f'batch_id = "{batch.batch_id}"']
-    command = "python -m etl.fake_api"
+    command = "ultravox-etl fake-api"
     url = "" if base_url == _DEFAULTS["url"] else f" --url {base_url}"
     lines += [
         "# end of config",
