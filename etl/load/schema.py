@@ -177,7 +177,7 @@ etl_stream_runs = Table(
         "stream",
         Name,
         primary_key=True,
-        comment="what was listed: scheduled_calls or created_calls",
+        comment="what was listed: scheduled_calls, or calls (the created calls)",
     ),
     *_count_columns(),
     Column("note", Text, comment="why the stream was not listed this run"),

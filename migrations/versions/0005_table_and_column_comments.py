@@ -204,7 +204,7 @@ COMMENTS: dict[str, tuple[str, dict[str, str]]] = {
         {
             "run_id": "the run (etl_runs)",
             "batch_id": "the batch",
-            "stream": "what was listed: scheduled_calls or created_calls",
+            "stream": "what was listed: scheduled_calls, or calls (the created calls)",
             "pages": "pages read",
             "fetched": "records fetched",
             "inserted": "rows inserted: records seen for the first time",
