@@ -11,6 +11,7 @@ Created: 2026-12-01
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -259,14 +260,17 @@ def _set_comments(new: Callable[[str], str | None]) -> None:
             found = reflected[column]
             default = found.get("default")
             # PostgreSQL only comments the column; a database whose ALTER restates the
-            # whole column (MySQL's MODIFY) needs its type, nullability and default.
-            op.alter_column(
-                table,
-                column,
-                comment=new(comment),
-                existing_type=found["type"],
-                existing_nullable=found["nullable"],
-                existing_server_default=None if default is None else sa.text(default),
-                existing_autoincrement=found.get("autoincrement"),
-                existing_comment=found.get("comment"),
-            )
+            # whole column (MySQL's MODIFY) needs its type, nullability, default and
+            # AUTO_INCREMENT, which Alembic warns about everywhere else: not a problem.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "autoincrement and existing_autoincrement")
+                op.alter_column(
+                    table,
+                    column,
+                    comment=new(comment),
+                    existing_type=found["type"],
+                    existing_nullable=found["nullable"],
+                    existing_server_default=None if default is None else sa.text(default),
+                    existing_autoincrement=found.get("autoincrement"),
+                    existing_comment=found.get("comment"),
+                )
