@@ -250,7 +250,7 @@ def _metrics_path(text: str) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = parse_arguments(build_parser(), arguments)
+        args = _parse_arguments(build_parser(), arguments)
     except UsageError as exc:
         logs.configure()
         logs.use_format("json" if _asks_for_json_logs(arguments) else "text")
@@ -289,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def parse_arguments(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.Namespace:
+def _parse_arguments(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.Namespace:
     """The parsed command line; an argument the chosen command does not take is that
     command's error (`ultravox-etl migrate: error: unrecognized arguments: -v`)."""
     args, unknown = parser.parse_known_args(arguments)
