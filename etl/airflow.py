@@ -18,9 +18,12 @@ The DAG (TaskFlow API, Airflow 3):
 Outcomes: a synced (or skipped-as-final, or removed) batch succeeds and returns its counts
 as XCom; a failed batch fails the task instance, so Airflow retries it; a batch another run
 is syncing ("locked, try later") is skipped, or with `on_locked="reschedule"` rescheduled.
+What no retry can fix fails either task at once, retries or not (AirflowFailException): a
+refused API key, a config error (an unsupported database URL included).
 
 Secrets never live in the DAG file or the config: the database URL comes from an Airflow
-Connection (`ultravox_etl_db`; postgres or sqlite), the API key from an Airflow Variable
+Connection (`ultravox_etl_db`, of a type a backend serves, e.g. postgres or sqlite: see
+`etl.load.backends.Backend.url_from_connection`), the API key from an Airflow Variable
 (`ultravox_api_key`) or, with `api_key_conn_id`, from a Connection's password.
 
 Only `ultravox_sync_dag` imports Airflow, so the rest of this module works without it.
@@ -36,11 +39,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sqlalchemy.engine import URL
-
-from etl.config import API_KEY_ENV, BatchRef, Config, load_config
+from etl.config import API_KEY_ENV, BatchRef, Config, ConfigError, load_config
 from etl.domain import BatchStatus
-from etl.extract.client import ApiError, UltravoxClient
+from etl.extract.client import ApiError, ApiKeyRefused, UltravoxClient
+from etl.load.backends import AirflowConnection, backends
 from etl.load.database import open_engine, upgrade_to_head
 from etl.report.progress import LogProgress
 from etl.report.results import RunResult
@@ -56,60 +58,31 @@ log = logging.getLogger(__name__)
 DEFAULT_CONN_ID = "ultravox_etl_db"
 DEFAULT_API_KEY_VARIABLE = "ultravox_api_key"
 
-_POSTGRES_QUERY_KEYS = (
-    "sslmode",
-    "sslcert",
-    "sslkey",
-    "sslrootcert",
-    "sslcrl",
-    "application_name",
-    "connect_timeout",
-    "options",
-    "target_session_attrs",
-)
-"""Connection extras passed on to libpq; other extras (Airflow's own) are ignored."""
 
-
-class ConnectionLike(Protocol):
+class ConnectionLike(AirflowConnection, Protocol):
     """The fields of an Airflow Connection this module reads."""
-
-    conn_type: str | None
-    host: str | None
-    schema: str | None
-    login: str | None
-    password: str | None
-    port: int | None
-
-    @property
-    def extra_dejson(self) -> dict[str, Any]: ...
 
     def get_uri(self) -> str: ...
 
 
 def database_url_from_connection(conn: ConnectionLike) -> str:
-    """A SQLAlchemy URL from an Airflow Connection of type postgres or sqlite.
+    """The database URL of an Airflow Connection.
 
-    postgres: host, port, login, password, schema (the database), libpq extras such as
-    sslmode. sqlite: host is the file's path. Any other type: the Connection's URI as is.
+    The backend that serves the Connection's type builds it (etl.load.backends: e.g.
+    postgres from host, port, login, password, schema and libpq extras; sqlite from the
+    file's path in host). A type no backend serves: the Connection's URI as it is.
     """
-    conn_type = (conn.conn_type or "").lower()
-    if conn_type in ("postgres", "postgresql"):
-        extras = conn.extra_dejson
-        query = {k: str(extras[k]) for k in _POSTGRES_QUERY_KEYS if extras.get(k) is not None}
-        url = URL.create(
-            "postgresql+psycopg",
-            username=conn.login or None,
-            password=conn.password or None,
-            host=conn.host or None,
-            port=conn.port or None,
-            database=conn.schema or None,
-            query=query,
-        )
-        return url.render_as_string(hide_password=False)
-    if conn_type == "sqlite":
-        path = conn.host or conn.schema or ""
-        return f"sqlite:///{path}"
+    for backend in backends():
+        url = backend.url_from_connection(conn)
+        if url is not None:
+            return url.render_as_string(hide_password=False)
     return conn.get_uri()
+
+
+FAULTS_RETRIES_CANNOT_FIX = (ApiKeyRefused, ConfigError)
+"""A refused API key, a config that cannot be used (an unsupported database URL too): the
+task fails at once (AirflowFailException) instead of waiting out its retries. Everything
+else (an unreachable API, a database that is down, a failed batch) is retried."""
 
 
 # -- the work of the two tasks, without Airflow ---------------------------------------------------
@@ -155,6 +128,9 @@ class Outcome(StrEnum):
     DONE = "done"
     TRY_LATER = "try_later"
     FAILED = "failed"
+    """Worth retrying: the batch failed, the API was unreachable, the run was stopped."""
+    FAILED_FOR_GOOD = "failed_for_good"
+    """No retry can fix it: the API refused the key."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +142,8 @@ class BatchOutcome:
 
 
 def batch_outcome(result: RunResult, batch: BatchRef) -> BatchOutcome:
-    """What one batch's run means to Airflow: done, try later (locked), or failed."""
+    """What one batch's run means to Airflow: done, try later (locked), failed (retry), or
+    failed for good (no retry)."""
     mine = next((b for b in result.batches if b.batch.batch_id == batch.batch_id), None)
     summary: dict[str, Any] = {
         "run_id": result.run_id,
@@ -178,6 +155,8 @@ def batch_outcome(result: RunResult, batch: BatchRef) -> BatchOutcome:
         "error": (mine.error if mine else None) or result.error,
     }
     where = f"batch {batch.batch_id} (run {result.run_id})"
+    if result.api_key_refused:
+        return BatchOutcome(Outcome.FAILED_FOR_GOOD, f"{where} failed: {result.error}", summary)
     if mine is None or mine.status is BatchStatus.FAILED or result.error is not None:
         return BatchOutcome(Outcome.FAILED, f"{where} failed: {summary['error']}", summary)
     if mine.status is BatchStatus.LOCKED:
@@ -292,10 +271,13 @@ def ultravox_sync_dag(
     def ultravox_sync() -> None:
         @task  # type: ignore[untyped-decorator, unused-ignore]
         def list_batches() -> list[dict[str, Any]]:
-            config = task_config(need_api_key=False)
-            if config.agents:  # listing the agents' batches needs the key
-                config = task_config(need_api_key=True)
-            planned = plan_batches(config)
+            try:
+                config = task_config(need_api_key=False)
+                if config.agents:  # listing the agents' batches needs the key
+                    config = task_config(need_api_key=True)
+                planned = plan_batches(config)
+            except FAULTS_RETRIES_CANNOT_FIX as exc:
+                raise fail(str(exc)) from None
             log.info("%d batches to sync", len(planned))
             return [batch_to_xcom(b) for b in planned]
 
@@ -309,9 +291,11 @@ def ultravox_sync_dag(
             context["ultravox_batch_id"] = ref.batch_id  # names the mapped instance in the UI
             try:
                 config = task_config(need_api_key=True)
-            except Exception as exc:  # a config error does not heal on retry
-                raise fail(f"cannot load the config: {exc}") from None
-            outcome = sync_one_batch(config, ref, full=full)
+                outcome = sync_one_batch(config, ref, full=full)
+            except FAULTS_RETRIES_CANNOT_FIX as exc:
+                raise fail(str(exc)) from None
+            if outcome.outcome is Outcome.FAILED_FOR_GOOD:
+                raise fail(outcome.message)
             if outcome.outcome is Outcome.TRY_LATER:
                 if on_locked == "reschedule":
                     raise reschedule(reschedule_date=datetime.now(UTC) + reschedule_after)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 from etl import __version__
 from etl.config import API_KEY_ENV, DATABASE_URL_ENV, UUID_PATTERN, ConfigError, load_config
@@ -23,49 +24,101 @@ from etl.domain import EXIT_FAILED, EXIT_OK, EXIT_TRY_LATER, EXIT_USAGE
 from etl.fake_api import cli as fake_api_cli
 from etl.load.database import DatabaseError, describe, open_engine, upgrade_to_head
 from etl.pipeline import Interrupted, sync
+from etl.pipeline.targets import narrow_to_batches
 from etl.report import history, logs, metrics, progress
 from etl.report.results import RunResult
 from etl.report.summary import summary_lines
 
 log = logging.getLogger("etl")
 
-EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    every batch synced (or skipped as complete, or found removed)
-  {EXIT_FAILED}    a batch or the run failed (the other batches committed), the API key was
-       refused, the API was unreachable, or the database could not be used
-  {EXIT_USAGE}    usage or configuration error; nothing was written
-  {EXIT_TRY_LATER}   nothing failed, but a batch was being synced by another run: try later
-  128+N  stopped by signal N (SIGINT 130, SIGTERM 143)"""
-_DATABASE_HELP = f"""The database URL comes from --database-url, else ${DATABASE_URL_ENV}, else the
-config's [database] url: sqlite:///file.db, postgresql://user:pw@host/db or
-mysql+pymysql://user:pw@host/db."""
+PROGRAM = "ultravox-etl"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ultravox-etl",
+def exit_codes(*lines: tuple[int | str, str]) -> str:
+    """The `exit codes:` block of a command's help, one code a line."""
+    return "exit codes:\n" + "\n".join(f"  {code!s:<6} {meaning}" for code, meaning in lines)
+
+
+_USAGE = (EXIT_USAGE, "usage or configuration error (one line on stderr); nothing was written")
+_SIGNAL = ("128+N", "stopped by signal N (SIGINT 130, SIGTERM 143)")
+SYNC_EXIT_CODES = exit_codes(
+    (EXIT_OK, "every batch synced (or skipped as complete, or found removed)"),
+    (
+        EXIT_FAILED,
+        "a batch or the run failed (the other batches committed), the API key was\n"
+        "         refused, the API was unreachable, or the database could not be used",
+    ),
+    _USAGE,
+    (EXIT_TRY_LATER, "nothing failed, but a batch was being synced by another run: try later"),
+    _SIGNAL,
+)
+DATABASE_EXIT_CODES = exit_codes(
+    (EXIT_OK, "done"),
+    (EXIT_FAILED, "the database could not be used (the message names it, password hidden)"),
+    _USAGE,
+    _SIGNAL,
+)
+DEMO_EXIT_CODES = exit_codes(
+    (EXIT_OK, "every demo batch synced"),
+    (EXIT_FAILED, "a batch failed, or the database could not be used"),
+    _USAGE,
+    _SIGNAL,
+)
+_DATABASE_HELP = f"""\
+The database URL comes from --database-url, else ${DATABASE_URL_ENV}, else the
+config's [database] url: sqlite:///file.db, postgresql://user:password@host/db, or
+mysql+pymysql://user:password@host/db. Logs show it with the password hidden."""
+_API_KEY_HELP = f"""\
+The Ultravox API key comes from ${API_KEY_ENV}, never from a file or the command line."""
+
+
+class UsageError(Exception):
+    """A command line that argparse refused: `prog` is the (sub)command, `message` why."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{prog}: error: {message}")
+        self.prog = prog
+        self.message = message
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors end up as one line, without the usage block.
+
+    cron mails stderr and log shippers read it line by line: argparse's usage block is
+    noise there. `main` prints the error (as JSON under `--log-format json`) and exits 2;
+    `--help` still shows the usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
+
+
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(
+        prog=PROGRAM,
         description="Sync Ultravox scheduled call batches and the calls they created into "
         "SQLite, PostgreSQL or MariaDB/MySQL, for reporting with plain SQL.",
-        epilog=f"Run `ultravox-etl COMMAND --help` for each command.\n\n{EXIT_CODES}",
+        epilog=f"Run `{PROGRAM} COMMAND --help` for each command.\n\n{SYNC_EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # Subcommand parsers are OneLineErrorParsers too (argparse uses the parent's class).
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options = OneLineErrorParser(add_help=False)
     logging_options.add_argument(
         "--log-format",
         choices=logs.LOG_FORMATS,
         default="text",
         help="text (default), or json: one JSON object per line on stderr, for log shippers",
     )
-    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity = OneLineErrorParser(add_help=False)
     group = verbosity.add_mutually_exclusive_group()
     group.add_argument("-v", "--verbose", action="store_true", help="log every page")
     group.add_argument(
         "-q", "--quiet", action="store_true", help="log only errors (the summary still prints)"
     )
-    database = argparse.ArgumentParser(add_help=False)
+    database = OneLineErrorParser(add_help=False)
     database.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
     database.add_argument(
         "--database-url",
@@ -74,25 +127,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def command(
-        name: str, summary: str, description: str, parents: list[argparse.ArgumentParser]
-    ) -> argparse.ArgumentParser:
+        name: str,
+        summary: str,
+        description: str,
+        parents: list[OneLineErrorParser],
+        codes: str,
+    ) -> OneLineErrorParser:
         return commands.add_parser(
             name,
             parents=parents,
             help=summary,
             description=description,
-            epilog=EXIT_CODES,
+            epilog=codes,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     sync_cmd = command(
         "sync",
         "sync the configured batches",
-        "Bring the schema to head, then list every scheduled call (and every call it "
-        "created) of the configured batches and of the batches of the configured agents, "
-        f"and upsert them. The API key comes from ${API_KEY_ENV}, never from a file or "
-        f"the command line. {_DATABASE_HELP} One summary line per batch goes to stdout.",
+        "Bring the schema to head, then list every scheduled call (and every call it\n"
+        "created) of the configured batches and of the batches of the configured agents,\n"
+        "and upsert them. One summary line per batch goes to stdout, logs to stderr.\n\n"
+        f"{_API_KEY_HELP}\n{_DATABASE_HELP}",
         [database, verbosity, logging_options],
+        SYNC_EXIT_CODES,
     )
     sync_cmd.add_argument(
         "--batch",
@@ -115,22 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd.add_argument(
         "--metrics-file",
         metavar="PATH",
-        type=Path,
+        type=_metrics_path,
         help="write Prometheus metrics of the run to PATH (atomically), "
-        "e.g. for node_exporter's textfile collector",
+        "e.g. for node_exporter's textfile collector; its folder must exist",
     )
     command(
         "migrate",
         "bring the database schema to head",
-        f"Apply every pending migration, one process at a time. Needs no API key. {_DATABASE_HELP}",
+        "Apply every pending migration, one process at a time.\n\n"
+        f"Needs no API key (${API_KEY_ENV}).\n{_DATABASE_HELP}",
         [database, logging_options],
+        DATABASE_EXIT_CODES,
     )
     runs_cmd = command(
         "runs",
         "show the latest runs and what each did to each batch",
-        "Read etl_runs, etl_batch_runs and etl_stream_runs; writes nothing and needs no "
-        f"API key. {_DATABASE_HELP}",
+        "Read etl_runs, etl_batch_runs and etl_stream_runs, newest run first. Writes\n"
+        "nothing: a database without runs is neither created nor migrated.\n\n"
+        f"Needs no API key (${API_KEY_ENV}).\n{_DATABASE_HELP}",
         [database, logging_options],
+        DATABASE_EXIT_CODES,
     )
     runs_cmd.add_argument(
         "--limit", type=_positive_int, default=10, metavar="N", help="runs to show (default 10)"
@@ -139,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command(
         "demo",
         "sync from a built-in fake Ultravox API into SQLite",
-        "Start the fake Ultravox API on localhost, sync its three batches into a SQLite file "
-        "and print calls per status and the outcome of each batch. No account or key needed.",
+        "Start the fake Ultravox API on localhost, sync its three batches into a SQLite\n"
+        "file and print calls per status and the outcome of each batch.\n\n"
+        f"No account needed: ${API_KEY_ENV} is not read.",
         [verbosity, logging_options],
+        DEMO_EXIT_CODES,
     )
     demo.add_argument(
         "--database-url",
@@ -154,14 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a fake Ultravox API to try the job against, or steer one",
         description=fake_api_cli.DESCRIPTION,
         epilog=fake_api_cli.EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    fake_api_cli.add_arguments(fake_api)
-    return parser
-    fake_api = commands.add_parser(
-        "fake-api",
-        help="serve a fake Ultravox API to try the job against",
-        description=fake_api_cli.DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fake_api_cli.add_arguments(fake_api)
@@ -184,8 +240,22 @@ def _batch_id(text: str) -> str:
     return text.lower()
 
 
+def _metrics_path(text: str) -> Path:
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist")
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = _parse_arguments(build_parser(), arguments)
+    except UsageError as exc:
+        logs.configure()
+        logs.use_format("json" if _asks_for_json_logs(arguments) else "text")
+        logs.fatal(f"error: {exc.message}", program=exc.prog, event="usage_error")
+        return EXIT_USAGE
     if args.command == "fake-api":
         return fake_api_cli.run(args)
     logs.configure(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False))
@@ -211,6 +281,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = _signal_of(exc)
         logs.fatal(f"stopped by {signal.Signals(signum).name}")
         return 128 + int(signum)
+    except Exception as exc:
+        if args.log_format != "json":
+            raise  # a bug: Python's traceback says where
+        # Under JSON logs the traceback too is one line: the `exception` field.
+        logs.fatal(f"crashed: {type(exc).__name__}: {exc}", exc_info=exc)
+        return EXIT_FAILED
+
+
+def _parse_arguments(parser: argparse.ArgumentParser, arguments: list[str]) -> argparse.Namespace:
+    """The parsed command line; an argument the chosen command does not take is that
+    command's error (`ultravox-etl migrate: error: unrecognized arguments: -v`)."""
+    args, unknown = parser.parse_known_args(arguments)
+    if unknown:
+        # The subparser's error, not the top-level parser's (which parse_args would raise).
+        prog = f"{parser.prog} {args.command}"
+        raise UsageError(prog, f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _asks_for_json_logs(arguments: list[str]) -> bool:
+    """Whether a command line argparse refused asked for JSON logs, so that its error line
+    is JSON too. Read leniently: any spelling argparse accepts (`--log-format=json`, an
+    abbreviation), anywhere on the line."""
+    probe = OneLineErrorParser(add_help=False)
+    probe.add_argument("--log-format")
+    try:
+        known, _ = probe.parse_known_args(arguments)
+    except UsageError:  # e.g. --log-format without a value
+        return False
+    return bool(known.log_format == "json")
 
 
 def _signal_of(exc: Interrupted | KeyboardInterrupt) -> int:
@@ -220,13 +320,12 @@ def _signal_of(exc: Interrupted | KeyboardInterrupt) -> int:
 def _sync(args: argparse.Namespace) -> int:
     config = load_config(args.config, database_url=args.database_url)
     metrics_file: Path | None = args.metrics_file
-    if metrics_file is not None and not metrics_file.parent.is_dir():
-        raise ConfigError(
-            f"--metrics-file {metrics_file}: the folder {metrics_file.parent} does not exist"
-        )
     engine = open_engine(config.database_url)  # a URL this job cannot use fails here, exit 2
-    log.info("database %s", describe(engine))
+    database = describe(engine)
     engine.dispose()
+    if args.batch is not None:  # a batch nobody knows fails here, exit 2, nothing written
+        config = narrow_to_batches(config, args.batch)
+    log.info("database %s", database)
     reporter = progress.reporter_for(
         sys.stderr,
         quiet=args.quiet,
@@ -287,7 +386,9 @@ def _write_metrics(write: Callable[[], object]) -> bool:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    config = load_config(args.config, database_url=args.database_url, require_api_key=False)
+    config = load_config(
+        args.config, database_url=args.database_url, require_api_key=False, require_batches=False
+    )
     records = history.read_history(config.database_url, args.limit)
     if args.json:
         print(history.runs_as_json(records))
@@ -298,7 +399,9 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    config = load_config(args.config, database_url=args.database_url, require_api_key=False)
+    config = load_config(
+        args.config, database_url=args.database_url, require_api_key=False, require_batches=False
+    )
     engine = open_engine(config.database_url)
     try:
         upgrade_to_head(engine)

@@ -116,12 +116,15 @@ def load_config(
     *,
     database_url: str | None = None,
     require_api_key: bool = True,
+    require_batches: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Read and validate the config file; apply the environment and `database_url` override.
 
     Precedence of the database URL: `database_url` (the CLI flag), then
     `ULTRAVOX_ETL_DATABASE_URL`, then `[database] url`, then the SQLite default.
+    `require_api_key` and `require_batches` (at least one `[[batches]]` or `[[agents]]`):
+    what a sync needs, and what commands that only touch the database (migrate, runs) don't.
     """
     env = os.environ if environ is None else environ
     where = str(path)
@@ -142,6 +145,7 @@ def load_config(
         source=where,
         database_url=database_url,
         require_api_key=require_api_key,
+        require_batches=require_batches,
         environ=env,
     )
 
@@ -152,6 +156,7 @@ def parse_config(
     source: str,
     database_url: str | None = None,
     require_api_key: bool = True,
+    require_batches: bool = True,
     environ: Mapping[str, str],
 ) -> Config:
     """Validate an already-parsed TOML document."""
@@ -171,6 +176,9 @@ def parse_config(
         raise ConfigError(f"{source}: [sync] lock_wait_seconds: must not be negative")
     batches = _parse_batches(data, source)
     agents = _parse_agents(data, source)
+    if require_batches and not batches and not agents:
+        # A run over nothing would succeed every time: a config cut short, unnoticed.
+        raise ConfigError(f"{source}: no [[batches]] and no [[agents]]: there is nothing to sync")
 
     api_key = environ.get(API_KEY_ENV, "").strip()
     if require_api_key and not api_key:

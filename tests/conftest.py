@@ -192,8 +192,10 @@ def capture_all_logs(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureF
     return caplog
 
 
-def run_console_script(*args: str, env: dict[str, str] | None = None) -> CliResult:
-    """Run the installed `ultravox-etl` entry point in a child process."""
+def run_console_script(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> CliResult:
+    """Run the installed `ultravox-etl` entry point in a child process (in `cwd`)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ULTRAVOX")}
     full_env.update(env or {})
     script = Path(sys.executable).with_name("ultravox-etl")
@@ -202,6 +204,7 @@ def run_console_script(*args: str, env: dict[str, str] | None = None) -> CliResu
         capture_output=True,
         text=True,
         env=full_env,
+        cwd=cwd,
         timeout=120,
         check=False,
     )

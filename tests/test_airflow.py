@@ -36,6 +36,7 @@ from etl.airflow import (
 from etl.config import BatchRef, load_config
 from etl.domain import BatchStatus, RunStatus, StreamCounts
 from etl.fake_api import FakeUltravox
+from etl.load.backends import backends
 from etl.load.database import locks_for
 from etl.load.schema import etl_batch_runs, scheduled_batches
 from etl.report.results import BatchResult, RunResult, StreamResult
@@ -45,6 +46,8 @@ from tests.test_sync_e2e import add_generated_batch, api_view, db_view
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DAG = REPO / "examples" / "airflow" / "ultravox_sync_dag.py"
 AIRFLOW = Path(sys.executable).with_name("airflow")
+
+REFUSED = "GET /api/…: the Ultravox API refused the API key (HTTP 401)"
 
 RESCHEDULING_DAG = """\
 import os
@@ -57,6 +60,21 @@ dag = ultravox_sync_dag(
     dag_id="ultravox_sync_rescheduling",
     on_locked="reschedule",
     reschedule_after=timedelta(seconds=2),
+)
+"""
+
+
+QUICK_RETRY_DAG = """\
+import os
+from datetime import timedelta
+
+from etl.airflow import ultravox_sync_dag
+
+dag = ultravox_sync_dag(
+    os.environ["ULTRAVOX_ETL_CONFIG"],
+    dag_id="ultravox_sync_quick_retry",
+    retries=1,
+    retry_delay=timedelta(seconds=1),
 )
 """
 
@@ -93,7 +111,7 @@ def test_the_database_url_is_built_from_an_airflow_connection() -> None:
         extra={"sslmode": "require", "cursor": "dictcursor"},
     )
     url = make_url(database_url_from_connection(pg))
-    assert url.drivername == "postgresql+psycopg"
+    assert url.drivername == "postgresql"  # the backend picks the driver when it connects
     assert (url.host, url.port, url.database, url.username) == (
         "db.internal",
         5433,
@@ -106,7 +124,37 @@ def test_the_database_url_is_built_from_an_airflow_connection() -> None:
     assert database_url_from_connection(StubConnection("sqlite", host="/data/etl.db")) == (
         "sqlite:////data/etl.db"
     )
-    assert database_url_from_connection(StubConnection("mysql", "h", "d")) == "mysql://h/d"
+    maria = StubConnection(
+        "mysql", "db.internal", "reporting", login="etl", password="p@ss", port=3307
+    )
+    url = make_url(database_url_from_connection(maria))
+    assert (url.drivername, url.host, url.port, url.database) == (
+        "mysql",
+        "db.internal",
+        3307,
+        "reporting",
+    )
+    assert (url.username, url.password, dict(url.query)) == ("etl", "p@ss", {})
+    # A type no backend serves: the Connection's URI as it is.
+    assert database_url_from_connection(StubConnection("oracle", "h", "d")) == "oracle://h/d"
+
+
+def test_each_backend_builds_the_url_of_the_connection_types_it_serves() -> None:
+    served = {
+        backend.name: backend.airflow_connection_types
+        for backend in backends()
+        if backend.airflow_connection_types
+    }
+    assert served["postgresql"] == ("postgres", "postgresql")
+    assert served["sqlite"] == ("sqlite",)
+    assert served["mysql"] == ("mysql", "mariadb")
+    for backend in backends():
+        for conn_type in backend.airflow_connection_types:
+            conn = StubConnection(conn_type.upper(), host="h", schema="d")  # any case
+            url = backend.url_from_connection(conn)
+            assert url is not None and backend.accepts(url), (backend.name, conn_type)
+            others = [b for b in backends() if b is not backend]
+            assert all(b.url_from_connection(conn) is None for b in others)
 
 
 def test_a_batch_goes_through_xcom_as_plain_json() -> None:
@@ -128,11 +176,14 @@ def test_a_batch_goes_through_xcom_as_plain_json() -> None:
         (BatchStatus.REMOVED, None, Outcome.DONE),
         (BatchStatus.LOCKED, None, Outcome.TRY_LATER),
         (BatchStatus.FAILED, None, Outcome.FAILED),
-        (BatchStatus.SUCCEEDED, "the Ultravox API refused the API key", Outcome.FAILED),
+        (BatchStatus.SUCCEEDED, "the database did not take the run's records", Outcome.FAILED),
+        (BatchStatus.FAILED, "api.ultravox.ai:443 unreachable: connection refused", Outcome.FAILED),
+        (BatchStatus.FAILED, REFUSED, Outcome.FAILED_FOR_GOOD),
+        (None, REFUSED, Outcome.FAILED_FOR_GOOD),  # refused before this batch started
         (None, "interrupted by SIGTERM", Outcome.FAILED),
     ],
 )
-def test_a_batch_outcome_maps_to_done_try_later_or_failed(
+def test_a_batch_outcome_maps_to_done_try_later_failed_or_failed_for_good(
     status: BatchStatus | None, run_error: str | None, expected: Outcome
 ) -> None:
     from datetime import UTC, datetime
@@ -140,6 +191,7 @@ def test_a_batch_outcome_maps_to_done_try_later_or_failed(
     ref = BatchRef(AGENT_ID, "0b7e4d52-1c9a-4f3e-8a6d-5e2f1c0b9a31")
     result = RunResult(run_id=7, started_at=datetime.now(UTC), status=RunStatus.SUCCEEDED)
     result.error = run_error
+    result.api_key_refused = run_error == REFUSED
     if status is not None:
         note = "another run is syncing it" if status is BatchStatus.LOCKED else None
         result.batches.append(
@@ -212,7 +264,9 @@ class AirflowHome:
     path: Path
     env: dict[str, str]
 
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 300, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(AIRFLOW), *args],
             env=self.env,
@@ -222,7 +276,7 @@ class AirflowHome:
             timeout=timeout,
             check=False,
         )
-        assert proc.returncode == 0, (
+        assert proc.returncode == 0 or not check, (
             f"airflow {' '.join(args)}:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
         )
         return proc
@@ -239,6 +293,19 @@ class AirflowHome:
                 (dag_id, run_id),
             ).fetchall()
         return {(t, i): (s, r, m) for t, i, s, r, m in found}
+
+    def tries(self, dag_id: str) -> dict[tuple[str, int], tuple[str, int]]:
+        """(task_id, map_index) -> (state, try_number) of the latest run."""
+        with sqlite3.connect(self.path / "airflow.db") as db:
+            (run_id,) = db.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()
+            found = db.execute(
+                "SELECT task_id, map_index, state, try_number FROM task_instance "
+                "WHERE dag_id = ? AND run_id = ?",
+                (dag_id, run_id),
+            ).fetchall()
+        return {(t, i): (s, n) for t, i, s, n in found}
 
     def reschedules(self, dag_id: str) -> int:
         with sqlite3.connect(self.path / "airflow.db") as db:
@@ -257,7 +324,9 @@ def airflow_home(airflow_cli: Path, tmp_path: Path, database_url: str) -> Airflo
     dags.mkdir(parents=True)
     shutil.copy(EXAMPLE_DAG, dags / EXAMPLE_DAG.name)
     (dags / "ultravox_sync_rescheduling.py").write_text(RESCHEDULING_DAG)
-    plain_url = make_url(database_url).set(drivername="postgresql")
+    (dags / "ultravox_sync_quick_retry.py").write_text(QUICK_RETRY_DAG)
+    url = make_url(database_url)
+    plain_url = url.set(drivername=url.get_backend_name())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "ULTRAVOX"))}
     env.update(
         {
@@ -296,8 +365,8 @@ def _release_once_recorded_locked(
         lock.release()
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow_and_postgresql(
+@pytest.mark.parametrize("database_url", ["postgresql", "mysql"], indirect=True)
+def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow(
     airflow_home: AirflowHome,
     fake_api: FakeUltravox,
     engine: Engine,
@@ -384,3 +453,69 @@ def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow_and_postgresql(
 
     for proc in (first, second):
         assert TEST_API_KEY not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_refused_key_fails_either_task_at_once_and_an_unreachable_api_is_retried(
+    airflow_home: AirflowHome,
+    fake_api: FakeUltravox,
+    engine: Engine,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    batches = [add_generated_batch(fake_api, 5, seed=n) for n in range(2)]
+    config = write_config(
+        tmp_path / "etl.toml",
+        fake_api.base_url,
+        [(b.agent_id, b.batch_id) for b in batches],
+        database_url="sqlite:///not-used-the-connection-wins.db",
+    )
+    wrong_key = "wrong-key-3e9a1c7b-keep-it-secret"
+    airflow_home.env["AIRFLOW_VAR_ULTRAVOX_API_KEY"] = wrong_key
+    # The example DAG: 3 retries, 2 minutes apart. Failing fast takes none of them.
+    retry_delay = 120.0
+
+    # 1. Only [[batches]]: list_batches needs no key; each sync_batch meets the refusal.
+    started = time.monotonic()
+    first = airflow_home.run(
+        "dags", "test", "ultravox_sync", "2025-01-03T00:00:00+00:00", check=False
+    )
+    assert time.monotonic() - started < retry_delay
+    assert airflow_home.tries("ultravox_sync") == {
+        ("list_batches", -1): ("success", 1),
+        ("sync_batch", 0): ("failed", 1),
+        ("sync_batch", 1): ("failed", 1),
+    }
+    assert "refused the API key" in first.stdout + first.stderr
+
+    # 2. With [[agents]], list_batches lists them with the key: it fails at once.
+    with config.open("a") as f:
+        f.write(f'\n[[agents]]\nagent_id = "{AGENT_ID}"\n')
+    started = time.monotonic()
+    second = airflow_home.run(
+        "dags", "test", "ultravox_sync", "2025-01-04T00:00:00+00:00", check=False
+    )
+    assert time.monotonic() - started < retry_delay
+    tries = airflow_home.tries("ultravox_sync")
+    assert tries[("list_batches", -1)] == ("failed", 1)
+    assert tries[("sync_batch", -1)][0] == "upstream_failed"
+
+    # 3. An unreachable API may come back: the instance is retried (1 retry, 1 s apart).
+    airflow_home.env["AIRFLOW_VAR_ULTRAVOX_API_KEY"] = TEST_API_KEY
+    write_config(
+        config,
+        "http://127.0.0.1:9",
+        [(b.agent_id, b.batch_id) for b in batches[:1]],
+        max_attempts=1,
+    )
+    airflow_home.run(
+        "dags", "test", "ultravox_sync_quick_retry", "2025-01-03T00:00:00+00:00", check=False
+    )
+    assert airflow_home.tries("ultravox_sync_quick_retry") == {
+        ("list_batches", -1): ("success", 1),
+        ("sync_batch", 0): ("failed", 2),
+    }
+
+    for proc in (first, second):
+        assert wrong_key not in proc.stdout + proc.stderr
+    assert rows(engine, "SELECT count(*) FROM scheduled_calls") == [(0,)]

@@ -144,8 +144,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.batches == (BatchRef(agent_id=AGENT_ID, batch_id=BATCH_ID),)
 
 
-def test_empty_file_has_no_batches(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, ""), environ=ENV)
+def test_an_empty_file_is_refused_for_a_sync_and_gives_the_defaults_otherwise(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path, environ=ENV)
+    assert str(refused.value) == (
+        f"{path}: no [[batches]] and no [[agents]]: there is nothing to sync"
+    )
+
+    config = load_config(path, environ=ENV, require_batches=False)  # migrate, runs
 
     assert config.batches == ()
     assert config.api == ApiSettings()

@@ -65,6 +65,21 @@ def test_jsonb_and_timestamptz_on_postgresql(engine: Engine) -> None:
     assert getattr(first_seen, "timezone", None) is True
 
 
+def test_every_table_and_column_has_its_comment_where_the_database_keeps_them(
+    engine: Engine,
+) -> None:
+    if not engine.dialect.supports_comments:
+        pytest.skip("SQLite keeps no comments")
+    upgrade_to_head(engine)
+    inspector = inspect(engine)
+    for table in metadata.sorted_tables:
+        described = inspector.get_table_comment(table.name)["text"]
+        assert described == table.comment and described, table.name
+        by_column = {c["name"]: c.get("comment") for c in inspector.get_columns(table.name)}
+        assert by_column == {c.name: c.comment for c in table.columns}, table.name
+        assert all(by_column.values()), table.name
+
+
 def test_downgrade_to_base_and_upgrade_again(engine: Engine) -> None:
     upgrade_to_head(engine)
     cfg = alembic_config()

@@ -89,6 +89,11 @@ advance, vanish and state use the running fake's control endpoints (no API key):
   POST /_fake/advance  {"fraction": F, "batch": ID?, "seed": N?}
   POST /_fake/vanish   {"batch": ID, "calls": N? | "callId": ID?}
   GET  /_fake/state
+
+exit codes:
+  0      served until Ctrl-C, or the fake did what it was asked
+  1      no fake answers at --url, or it refused the request (the message says why)
+  2      usage error: an option that does not fit the action
 """
 
 
@@ -296,7 +301,7 @@ def _serving_lines(fake: FakeUltravox, base_url: str, agent_id: str) -> list[str
     ]
     for batch in fake.batches.values():
         lines += ["", "[[batches]]", f'agent_id = "{agent_id}"', f'batch_id = "{batch.batch_id}"']
-    command = "python -m etl.fake_api"
+    command = "ultravox-etl fake-api"
     url = "" if base_url == _DEFAULTS["url"] else f" --url {base_url}"
     lines += [
         "# end of config",

@@ -19,6 +19,7 @@ import functools
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import uuid
@@ -386,6 +387,14 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], fake: FakeUltravox) -> None:
         self.fake = fake
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up before its answer is written (a run stopped by a signal,
+        # a timeout) is no fault of the fake's: say nothing rather than print a traceback
+        # into whatever stderr the process has at that moment.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -13,15 +13,17 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 
 from etl.load.backends import (
     Locks,
+    UnsupportedDatabase,
     acquire,
     backend_for,
     backends,
     first_line,
     parse_database_url,
+    supported_forms,
 )
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,13 @@ def open_engine(url: str, *, connections: int = 5) -> Engine:
     Raises UnsupportedDatabase (a configuration error) for a URL this job cannot use.
     """
     backend, parsed = parse_database_url(url)
-    engine = create_engine(parsed, **backend.engine_options(parsed, connections))
+    try:
+        engine = create_engine(parsed, **backend.engine_options(parsed, connections))
+    except (ImportError, NoSuchModuleError) as exc:  # a driver this install does not have
+        raise UnsupportedDatabase(
+            f"database driver {parsed.drivername!r} is not installed ({exc}); "
+            f"expected one of: {supported_forms()}"
+        ) from None
     backend.configure(engine)
     return engine
 

@@ -34,7 +34,12 @@ from etl.load.database import (
 )
 from etl.pipeline.batch import Progress, RunContext, sync_target
 from etl.pipeline.memory import fewer_collections
-from etl.pipeline.targets import Plan, mark_gone_batches_removed, plan_targets
+from etl.pipeline.targets import (
+    Plan,
+    mark_gone_batches_removed,
+    narrow_to_batches,
+    plan_targets,
+)
 from etl.pipeline.workers import Interrupted, run_on_workers
 from etl.report.records import Clock, RunRecorder
 from etl.report.results import BatchResult, RunResult
@@ -68,6 +73,8 @@ def sync(
     """
     engine = open_engine(config.database_url, connections=2 * config.api.concurrency + 2)
     try:
+        if batch_ids is not None:  # an unknown batch is refused before anything is written
+            config = narrow_to_batches(config, batch_ids)
         if migrate:
             upgrade_to_head(engine)
         else:
@@ -156,6 +163,7 @@ def _run(run: RunContext, plan: Plan, stopping: RunStopping | None) -> None:
     if stopping is not None:
         result.stopped = True
         result.error = stopping.reason
+        result.api_key_refused = isinstance(stopping, ApiKeyRefused)
         event = "api_key_refused" if isinstance(stopping, ApiKeyRefused) else "api_unreachable"
         log.error("%s", stopping.reason, extra=run.log_extra(event=event))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -82,6 +82,39 @@ def plan_targets(
     for batch_id in missing:
         plan.errors.append(f"batch {batch_id} is neither configured nor listed for an agent")
     return plan
+
+
+def narrow_to_batches(config: Config, batch_ids: Iterable[str]) -> Config:
+    """The config of a run over `batch_ids` only (`sync --batch`), checked before anything
+    is written: no database file, no run record.
+
+    A batch in `[[batches]]` keeps its entry; any other is looked up in the agents' batch
+    lists (the only requests made) and becomes an entry of its agent. Raises ConfigError
+    for a batch nobody lists. If an agent's list cannot be read, the config comes back
+    as it is: the run lists the agents again and records why that failed.
+    """
+    wanted = dict.fromkeys(b.lower() for b in batch_ids)
+    configured = {b.batch_id: b for b in config.batches}
+    found = {b: configured[b] for b in wanted if b in configured}
+    unknown = wanted.keys() - found.keys()
+    if unknown and config.agents:
+        with UltravoxClient(config.api, config.api_key) as client:
+            for agent in config.agents:
+                try:
+                    pages = list(
+                        agent_batch_pages(client, agent.agent_id, page_size=config.api.page_size)
+                    )
+                except ApiError:
+                    return config
+                for item in (item for page in pages for item in page.results):
+                    batch_id = batch_id_of(item) if isinstance(item, dict) else None
+                    if batch_id in unknown and batch_id not in found:
+                        found[batch_id] = BatchRef(agent.agent_id, batch_id, agent.statuses)
+    missing = [b for b in wanted if b not in found]
+    if missing:
+        where = "in [[batches]] nor listed for an agent" if config.agents else "in [[batches]]"
+        raise ConfigError(f"{config.source}: --batch {missing[0]} is neither {where}")
+    return replace(config, batches=tuple(found[b] for b in wanted), agents=())
 
 
 def _list_agent(

@@ -32,7 +32,14 @@ log = logging.getLogger("etl")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record, on one line."""
+    """One JSON object per record, on one line.
+
+    Hand-written rather than python-json-logger's formatter: that one puts every `extra`
+    attribute of a record on the line (it can only be told which to leave out), where this
+    one writes the STRUCTURED_FIELDS and nothing else, so a value passed to a log call for
+    another purpose never reaches a log shipper; and its timestamp needs a subclass to take
+    this shape (milliseconds, `Z`) all the same.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -96,6 +103,9 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # Python warnings (a library's deprecation notice) become log records, so that under
+    # JSON logs they too are JSON lines rather than free text on stderr.
+    logging.captureWarnings(True)
     logging.getLogger("etl").setLevel(level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     return handler
@@ -116,14 +126,23 @@ def use_format(log_format: LogFormat) -> None:
         handler.setFormatter(formatter_for(log_format))
 
 
-def fatal(message: str) -> None:
-    """The line that ends a run which could not go on: plain `ultravox-etl: …` on stderr,
-    or, under JSON logs, one JSON object like every other line."""
+def fatal(
+    message: str,
+    *,
+    program: str = "ultravox-etl",
+    event: str = "fatal",
+    exc_info: BaseException | None = None,
+) -> None:
+    """The line that ends a command which could not go on: `program: message` on stderr,
+    or, under JSON logs, one JSON object like every other line (`event` says which kind).
+
+    `exc_info`: a crash, whose traceback goes in the JSON line's `exception` field.
+    """
     handler = console_handler()
     if handler is not None and isinstance(handler.formatter, JsonFormatter):
-        log.critical("ultravox-etl: %s", message, extra={"event": "fatal"})
+        log.critical("%s: %s", program, message, exc_info=exc_info, extra={"event": event})
     else:
-        print(f"ultravox-etl: {message}", file=sys.stderr)
+        print(f"{program}: {message}", file=sys.stderr)
 
 
 def run_totals(result: RunResult) -> dict[str, int | None]:

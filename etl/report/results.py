@@ -71,6 +71,8 @@ class RunResult:
     """Why the run as a whole failed or stopped (refused key, unreachable API, a signal…)."""
     stopped: bool = False
     """The run ended early: a signal, a refused API key, an unreachable API."""
+    api_key_refused: bool = False
+    """The run stopped because the API refused the key: running it again cannot help."""
 
     @property
     def failed(self) -> list[BatchResult]:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
+from urllib.parse import quote
 
 import orjson
 from sqlalchemy import Connection, Engine, Table
@@ -307,6 +308,20 @@ class Bulk:
 # -- the backend ------------------------------------------------------------------------------
 
 
+class AirflowConnection(Protocol):
+    """The fields of an Airflow Connection a backend builds its database URL from."""
+
+    conn_type: str | None
+    host: str | None
+    schema: str | None
+    login: str | None
+    password: str | None
+    port: int | None
+
+    @property
+    def extra_dejson(self) -> dict[str, Any]: ...
+
+
 class Backend:
     """What a database does its own way. One subclass per database, one instance each."""
 
@@ -322,6 +337,8 @@ class Backend:
     """The JSON column type, where it is not SQLAlchemy's generic JSON."""
     timestamp_type: ClassVar[TypeEngine[Any] | None] = None
     """The timestamp column type, where `DateTime(timezone=True)` is not the right one."""
+    airflow_connection_types: ClassVar[tuple[str, ...]] = ()
+    """The Airflow Connection types (`conn_type`) this backend builds a URL from."""
 
     def key_type(self, length: int) -> TypeEngine[Any] | None:
         """The type of text that is part of a key or an index, of at most `length`
@@ -368,6 +385,17 @@ class Backend:
         """A driver error of this database in plain words (what an operator can act on),
         or None to let its own first line stand."""
         return None
+
+    def url_from_connection(self, conn: AirflowConnection) -> URL | None:
+        """The database URL of an Airflow Connection of one of this backend's
+        `airflow_connection_types`; None for a Connection of another type."""
+        if (conn.conn_type or "").lower() not in self.airflow_connection_types:
+            return None
+        return self.connection_url(conn)
+
+    def connection_url(self, conn: AirflowConnection) -> URL:
+        """The URL from the Connection's fields (its type is one of this backend's)."""
+        raise NotImplementedError
 
 
 def first_line(error: BaseException) -> str:
@@ -440,6 +468,7 @@ def backend_for_dialect(dialect_name: str) -> Backend:
     raise UnsupportedDatabase(f"database {dialect_name!r} is not supported")
 
 
+_HIDDEN = "***"
 _SECRET_QUERY_KEYS = ("password", "passwd", "pwd", "sslpassword", "secret", "token")
 
 
@@ -450,8 +479,9 @@ def masked(url: URL | str) -> str:
     except ArgumentError:
         return "<database URL that does not parse>"
     hidden = {
-        key: "***" for key in parsed.query if key.lower() in _SECRET_QUERY_KEYS or "pass" in key
+        key: _HIDDEN for key in parsed.query if key.lower() in _SECRET_QUERY_KEYS or "pass" in key
     }
     if hidden:
         parsed = parsed.update_query_dict(hidden)
-    return parsed.render_as_string(hide_password=True)
+    # The query is rendered %-escaped: `password=***`, not `password=%2A%2A%2A`.
+    return parsed.render_as_string(hide_password=True).replace(quote(_HIDDEN, safe=""), _HIDDEN)

@@ -29,7 +29,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from etl.load.backends import Backend, Bulk, Locks, Row, SessionLocks
+from etl.load.backends import AirflowConnection, Backend, Bulk, Locks, Row, SessionLocks
 
 CHARSET = "utf8mb4"
 COLLATION = "utf8mb4_bin"
@@ -60,6 +60,7 @@ class MysqlBackend(Backend):
     naive_timestamps: ClassVar[bool] = True
     bounded_keys: ClassVar[bool] = True
     timestamp_type: ClassVar[TypeEngine[Any] | None] = mysql.DATETIME(fsp=6)
+    airflow_connection_types = ("mysql", "mariadb")
 
     def key_type(self, length: int) -> TypeEngine[Any]:
         return ExactVarchar(length)
@@ -110,6 +111,20 @@ class MysqlBackend(Backend):
     def describe(self, url: URL) -> str:
         return super().describe(
             url.set(drivername=url.get_backend_name()).difference_update_query(["charset"])
+        )
+
+    def connection_url(self, conn: AirflowConnection) -> URL:
+        # host, port, login, password, schema (the database), and the one extra of Airflow's
+        # MySQL Connection that is a connection setting here; TLS options go in a URI.
+        socket = conn.extra_dejson.get("unix_socket")
+        return URL.create(
+            "mysql",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query={"unix_socket": str(socket)} if socket else {},
         )
 
     def explain(self, error: BaseException) -> str | None:

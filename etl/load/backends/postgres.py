@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
 from etl.load.backends import (
+    AirflowConnection,
     Backend,
     Bulk,
     Locks,
@@ -36,6 +37,19 @@ _PLAIN_CAUSES = {
     "53100": "disk full on the database server",  # disk_full
 }
 """SQLSTATEs whose server text does not say plainly what is wrong (it follows in brackets)."""
+_LIBPQ_EXTRAS = (
+    "sslmode",
+    "sslcert",
+    "sslkey",
+    "sslrootcert",
+    "sslcrl",
+    "sslpassword",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "target_session_attrs",
+)
+"""Airflow Connection extras that are libpq settings; the others (Airflow's own) are not."""
 
 
 class PostgresBackend(Backend):
@@ -43,6 +57,7 @@ class PostgresBackend(Backend):
     dialects = ("postgresql",)
     url_forms = ("postgresql://user:password@host:5432/dbname",)
     json_type = postgresql.JSONB(none_as_null=True)
+    airflow_connection_types = ("postgres", "postgresql")
 
     def accepts(self, url: URL) -> bool:
         # psycopg 3 is what the project installs; another driver would fail to import.
@@ -76,6 +91,19 @@ class PostgresBackend(Backend):
             return None
         plain = _PLAIN_CAUSES.get(str(getattr(error, "sqlstate", None)))
         return None if plain is None else f"{plain} ({first_line(error)})"
+
+    def connection_url(self, conn: AirflowConnection) -> URL:
+        # host, port, login, password, schema (the database) and the libpq extras.
+        extras = conn.extra_dejson
+        return URL.create(
+            "postgresql",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+            query={k: str(extras[k]) for k in _LIBPQ_EXTRAS if extras.get(k) is not None},
+        )
 
 
 def _try_lock(conn: Connection, name: str) -> bool:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.dml import Insert
 
 from etl.load.backends import (
+    AirflowConnection,
     Backend,
     Bulk,
     FileLocks,
@@ -61,6 +62,7 @@ class SqliteBackend(Backend):
     dialects = ("sqlite",)
     url_forms = ("sqlite:///relative/file.db", "sqlite:////absolute/file.db")
     naive_timestamps: ClassVar[bool] = True
+    airflow_connection_types = ("sqlite",)
 
     def configure(self, engine: Engine) -> None:
         @event.listens_for(engine, "connect")
@@ -92,6 +94,10 @@ class SqliteBackend(Backend):
         return stmt.on_conflict_do_update(
             index_elements=list(key), set_={c: stmt.excluded[c] for c in update}
         )
+
+    def connection_url(self, conn: AirflowConnection) -> URL:
+        # Airflow's sqlite Connection keeps the file's path in `host`.
+        return URL.create("sqlite", database=conn.host or conn.schema or None)
 
     def database_missing(self, url: URL) -> bool:
         if url.query.get("uri") or _in_memory(url):
