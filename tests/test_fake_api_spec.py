@@ -1,7 +1,8 @@
 """Every response of the fake API, validated against Ultravox's published OpenAPI schema.
 
-The schema is /work/shared/api/ultravox-openapi.yaml: `shared/` beside the checkout (CI lays
-a copy there too). Without it these tests skip, except under CI (CI=true), where they fail.
+The schema is shared/api/ultravox-openapi.yaml, from `shared/` beside the checkout, else the
+workplace's /work/shared (a clone made elsewhere). Without it these tests skip, except under
+CI (CI=true), where they fail.
 As /work/shared/api/README.md says, the schema itself fails openapi-core's strict spec check,
 so it is loaded with spec validation off, its `servers` pointed at the fake.
 
@@ -29,7 +30,14 @@ from openapi_core.validation.response.exceptions import InvalidData
 
 from etl.fake_api import ALL_MEDIUM_KEYS, END_REASONS, STATUSES, FakeUltravox, generate_calls
 
-SCHEMA = Path(__file__).resolve().parents[1] / ".." / "shared" / "api" / "ultravox-openapi.yaml"
+_PLACES = (
+    Path(__file__).resolve().parents[1].parent / "shared",  # beside this checkout
+    Path("/work/shared"),  # the workplace's copy, for a checkout made elsewhere (a CI clone)
+)
+SCHEMA = next(
+    (p / "api" / "ultravox-openapi.yaml" for p in _PLACES if (p / "api").is_dir()),
+    _PLACES[0] / "api" / "ultravox-openapi.yaml",
+)
 KEY = "spec-key"
 AGENT = "11111111-1111-4111-8111-111111111111"
 BATCH = "33333333-3333-4333-8333-333333333333"
