@@ -15,6 +15,11 @@ The DAG (TaskFlow API, Airflow 3):
    is an `etl.sync()` run of one batch, recorded in etl_runs like any other run; the
    per-batch lock makes retries and overlapping DAG runs safe.
 
+With `pool=` both tasks take one slot each of that Airflow pool, so all the DAG runs, DAGs
+and workers sharing one API key stay within its limit together: each task is one process
+with its own `[api] max_requests_per_second`, and `ultravox-etl airflow-pool` prints the
+`airflow pools set` line sizing the pool from the config (key limit / per-task cap).
+
 Outcomes: a synced (or skipped-as-final, or removed) batch succeeds and returns its counts
 as XCom; a failed batch fails the task instance, so Airflow retries it; a batch another run
 is syncing ("locked, try later") is skipped, or with `on_locked="reschedule"` rescheduled.
@@ -34,12 +39,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from etl.config import API_KEY_ENV, BatchRef, Config, ConfigError, load_config
+from etl.config import (
+    API_KEY_ENV,
+    ApiSettings,
+    BatchRef,
+    Config,
+    ConfigError,
+    load_config,
+    runs_within_key_limit,
+)
 from etl.domain import BatchStatus
 from etl.extract.client import ApiError, ApiKeyRefused, UltravoxClient
 from etl.load.backends import AirflowConnection, backends
@@ -57,6 +71,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "ultravox_etl_db"
 DEFAULT_API_KEY_VARIABLE = "ultravox_api_key"
+DEFAULT_POOL = "ultravox_api"
 
 
 class ConnectionLike(AirflowConnection, Protocol):
@@ -181,6 +196,23 @@ def sync_one_batch(
     return batch_outcome(result, batch)
 
 
+def pool_set_command(api: ApiSettings, pool: str, config_source: str) -> str:
+    """The `airflow pools set` line that sizes `pool` for tasks syncing with `api`.
+
+    One slot per task, each at most `max_requests_per_second`: together they stay within
+    `key_requests_per_second`. The description says how it was sized, for whoever finds
+    the pool in Airflow's UI. `airflow pools set` creates or resizes, so the line can run
+    again after the config changes.
+    """
+    slots = runs_within_key_limit(api)
+    description = (
+        f"Ultravox API: {api.key_requests_per_second:g} requests/s per key, "
+        f"{api.max_requests_per_second:g} per task (ultravox-etl airflow-pool "
+        f"--config {config_source})"
+    )
+    return shlex.join(["airflow", "pools", "set", pool, str(slots), description])
+
+
 # -- the DAG ------------------------------------------------------------------------------------
 
 
@@ -229,6 +261,7 @@ def ultravox_sync_dag(
     on_locked: Literal["skip", "reschedule"] = "skip",
     reschedule_after: timedelta = timedelta(minutes=5),
     full: bool = False,
+    pool: str | None = None,
     execution_timeout: timedelta | None = timedelta(hours=2),
     tags: Sequence[str] = ("ultravox",),
     **dag_kwargs: Any,
@@ -236,9 +269,16 @@ def ultravox_sync_dag(
     """The DAG: `list_batches`, then `sync_batch` mapped over them (see the module doc).
 
     `config_path`: the TOML config (its `[database] url` is replaced by the Connection's).
-    `max_parallel_batches`: sync_batch instances running at once across all DAG runs.
+    `max_parallel_batches`: sync_batch instances running at once across all DAG runs (with
+    `pool`, also no more than the pool's free slots).
     `on_locked`: a batch another run is syncing is skipped (default), or rescheduled
     `reschedule_after` later. `dag_kwargs` go to the DAG (e.g. `max_active_runs`).
+    `pool`: the Airflow pool both tasks take one slot of (e.g. DEFAULT_POOL), sized with
+    `ultravox-etl airflow-pool`; None: Airflow's default_pool, no limit across workers.
+    Create the pool before the DAG runs: Airflow 3.3 never runs a task whose pool does not
+    exist and does not fail it either. The task stays `scheduled`, and only the scheduler's
+    log says why ("Tasks using non-existent pool ... will not be scheduled"); the DAG
+    processor does not check pools, so no DAG warning shows it.
     """
     from airflow.sdk import dag, get_current_context, task  # type: ignore[import-not-found, unused-ignore]
 
@@ -269,7 +309,11 @@ def ultravox_sync_dag(
         **dag_kwargs,
     )
     def ultravox_sync() -> None:
-        @task  # type: ignore[untyped-decorator, unused-ignore]
+        # Both tasks request the API (list_batches when [[agents]] are configured), each as
+        # one process with its own rate cap: one slot each. A pool of None: default_pool.
+        in_pool: dict[str, Any] = {"pool": pool, "pool_slots": 1}
+
+        @task(**in_pool)  # type: ignore[untyped-decorator, unused-ignore]
         def list_batches() -> list[dict[str, Any]]:
             try:
                 config = task_config(need_api_key=False)
@@ -284,6 +328,7 @@ def ultravox_sync_dag(
         @task(  # type: ignore[untyped-decorator, unused-ignore]
             max_active_tis_per_dag=max_parallel_batches,
             map_index_template="{{ ultravox_batch_id }}",
+            **in_pool,
         )
         def sync_batch(batch: dict[str, Any]) -> dict[str, Any]:
             ref = batch_from_xcom(batch)

@@ -1,4 +1,4 @@
-"""Command line: `ultravox-etl sync | migrate | runs | demo | fake-api`. Wiring only.
+"""Command line: `ultravox-etl sync | migrate | runs | airflow-pool | demo | fake-api`; wiring.
 
 Logging and progress (etl.report.logs, etl.report.progress), run history
 (etl.report.history) and the metrics file (etl.report.metrics) live in their own modules.
@@ -19,6 +19,7 @@ from types import FrameType
 from typing import NoReturn
 
 from etl import __version__
+from etl.airflow import DEFAULT_POOL, pool_set_command
 from etl.config import API_KEY_ENV, DATABASE_URL_ENV, UUID_PATTERN, ConfigError, load_config
 from etl.domain import EXIT_FAILED, EXIT_OK, EXIT_TRY_LATER, EXIT_USAGE
 from etl.fake_api import cli as fake_api_cli
@@ -58,6 +59,7 @@ DATABASE_EXIT_CODES = exit_codes(
     _USAGE,
     _SIGNAL,
 )
+AIRFLOW_POOL_EXIT_CODES = exit_codes((EXIT_OK, "the command is printed (stdout)"), _USAGE)
 DEMO_EXIT_CODES = exit_codes(
     (EXIT_OK, "every demo batch synced"),
     (EXIT_FAILED, "a batch failed, or the database could not be used"),
@@ -118,8 +120,9 @@ def build_parser() -> OneLineErrorParser:
     group.add_argument(
         "-q", "--quiet", action="store_true", help="log only errors (the summary still prints)"
     )
-    database = OneLineErrorParser(add_help=False)
-    database.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
+    config_file = OneLineErrorParser(add_help=False)
+    config_file.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
+    database = OneLineErrorParser(add_help=False, parents=[config_file])
     database.add_argument(
         "--database-url",
         metavar="URL",
@@ -198,6 +201,26 @@ def build_parser() -> OneLineErrorParser:
         "--limit", type=_positive_int, default=10, metavar="N", help="runs to show (default 10)"
     )
     runs_cmd.add_argument("--json", action="store_true", help="print a JSON array instead")
+    pool_cmd = command(
+        "airflow-pool",
+        "print the `airflow pools set` line sizing the Airflow DAG's pool",
+        "Print the `airflow pools set` command that creates (or resizes) the pool the\n"
+        "Airflow DAG's tasks share, sized from the config: [api] key_requests_per_second\n"
+        "(Ultravox's limit per API key, default 200) divided by [api]\n"
+        "max_requests_per_second (each task's own cap, default 20), rounded down. One slot\n"
+        "a task: all workers together stay within the key's limit. Run it where the\n"
+        "`airflow` command reaches Airflow's metadata database, e.g.\n"
+        f'  eval "$({PROGRAM} airflow-pool --config etl.toml)"\n\n'
+        f"Needs no API key (${API_KEY_ENV}) and no database.",
+        [config_file, logging_options],
+        AIRFLOW_POOL_EXIT_CODES,
+    )
+    pool_cmd.add_argument(
+        "--name",
+        default=DEFAULT_POOL,
+        type=_pool_name,
+        help="the pool's name, as given to ultravox_sync_dag(pool=...) (default: %(default)s)",
+    )
     demo = command(
         "demo",
         "sync from a built-in fake Ultravox API into SQLite",
@@ -240,6 +263,12 @@ def _batch_id(text: str) -> str:
     return text.lower()
 
 
+def _pool_name(text: str) -> str:
+    if not text.strip() or len(text) > 256:  # what Airflow's pool table takes
+        raise argparse.ArgumentTypeError("expected 1 to 256 characters, not only blanks")
+    return text
+
+
 def _metrics_path(text: str) -> Path:
     path = Path(text)
     if not path.parent.is_dir():
@@ -268,6 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _migrate(args)
             if args.command == "runs":
                 return _runs(args)
+            if args.command == "airflow-pool":
+                return _airflow_pool(args)
             from etl.demo import run_demo  # the demo pulls in the fake API; load it only here
 
             return run_demo(args.database_url)
@@ -395,6 +426,12 @@ def _runs(args: argparse.Namespace) -> int:
     else:
         for line in history.format_runs(records):
             print(line)
+    return EXIT_OK
+
+
+def _airflow_pool(args: argparse.Namespace) -> int:
+    config = load_config(args.config, require_api_key=False, require_batches=False)
+    print(pool_set_command(config.api, args.name, config.source))
     return EXIT_OK
 
 

@@ -13,6 +13,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +42,12 @@ class ApiSettings:
     max_wait_seconds: float = 300.0
     """Total pause between the attempts of one request before the batch fails."""
     max_requests_per_second: float = 20.0
-    """Client-side cap, so the job never causes 429s itself (Ultravox allows 200/s a key)."""
+    """Client-side cap of one process (a CLI run, an Airflow task), shared by its threads,
+    so the job never causes 429s itself."""
+    key_requests_per_second: float = 200.0
+    """Ultravox's limit for the API key (200/s), shared by every process using the key: it
+    sizes the Airflow pool (runs_within_key_limit). Keys of one account share 500/s: with
+    several keys syncing at once, give each its share."""
     concurrency: int = 4
     """Batches fetched at the same time (still within max_requests_per_second)."""
 
@@ -95,6 +101,7 @@ _API_KEYS: dict[str, type] = {
     "retry_after_max_seconds": float,
     "max_wait_seconds": float,
     "max_requests_per_second": float,
+    "key_requests_per_second": float,
     "concurrency": int,
 }
 _SYNC_KEYS: dict[str, type] = {"lock_wait_seconds": float, "strict": bool, "created_calls": bool}
@@ -254,7 +261,25 @@ def _parse_api(table: Mapping[str, Any], source: str) -> ApiSettings:
     for key in ("backoff_initial_seconds", "retry_after_max_seconds", "max_wait_seconds"):
         if getattr(settings, key) < 0:
             raise ConfigError(f"{source}: [api] {key}: must not be negative")
+    if settings.key_requests_per_second < settings.max_requests_per_second:
+        raise ConfigError(
+            f"{source}: [api] key_requests_per_second ({settings.key_requests_per_second:g}) "
+            f"is below max_requests_per_second ({settings.max_requests_per_second:g}): "
+            "one process alone would exceed the API key's limit"
+        )
     return settings
+
+
+def runs_within_key_limit(api: ApiSettings) -> int:
+    """How many processes, each capped at `max_requests_per_second`, fit together under
+    `key_requests_per_second`: the slots of the Airflow pool its tasks share (200 / 20 = 10).
+
+    Exact, on the numbers as written in the config: 0.3 / 0.1 is 3, not the 2 that binary
+    floats give.
+    """
+    key_limit = Fraction(repr(api.key_requests_per_second))
+    per_run = Fraction(repr(api.max_requests_per_second))
+    return key_limit // per_run
 
 
 def _array_of_tables(

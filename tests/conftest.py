@@ -135,7 +135,9 @@ def write_config(
     lines = ["[api]", f'base_url = "{base_url}"']
     api.setdefault("page_size", 10)
     api.setdefault("timeout_seconds", 5)
+    # The fake API has no rate limit: a high cap, and a key limit the config accepts with it.
     api.setdefault("max_requests_per_second", 1000.0)
+    api.setdefault("key_requests_per_second", api["max_requests_per_second"])
     for key, value in api.items():
         lines.append(f"{key} = {value!r}" if not isinstance(value, str) else f'{key} = "{value}"')
     if database_url is not None:

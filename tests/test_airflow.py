@@ -4,6 +4,10 @@ The end-to-end test runs the `airflow` command of this virtualenv in subprocesse
 db migrate` on a temporary SQLite metadata database, then `airflow dags test`, with the
 database Connection and the API key Variable given as AIRFLOW_CONN_… / AIRFLOW_VAR_…, the
 fake API served by this process, and a fresh PostgreSQL database whose rows it checks.
+`airflow dags test` runs the tasks one at a time and never looks at pools (DAG.test in
+airflow/sdk/definitions/dag.py): the pool is checked as created from `ultravox-etl
+airflow-pool`'s line, with the config's slots, and taken by every task; that the scheduler
+then runs no more tasks than the pool's slots at once is Airflow's part.
 It needs the `airflow` extra (`pip install -e '.[test,airflow]'`, as CI does); without it
 the test is skipped, except under CI (CI=true), where it fails.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -26,6 +31,7 @@ import pytest
 from sqlalchemy import Engine, make_url, select
 
 from etl.airflow import (
+    DEFAULT_POOL,
     Outcome,
     batch_from_xcom,
     batch_outcome,
@@ -40,7 +46,7 @@ from etl.load.backends import backends
 from etl.load.database import locks_for
 from etl.load.schema import etl_batch_runs, scheduled_batches
 from etl.report.results import BatchResult, RunResult, StreamResult
-from tests.conftest import AGENT_ID, TEST_API_KEY, rows, write_config
+from tests.conftest import AGENT_ID, TEST_API_KEY, rows, run_console_script, write_config
 from tests.test_sync_e2e import add_generated_batch, api_view, db_view
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +174,34 @@ def test_a_batch_goes_through_xcom_as_plain_json() -> None:
     assert batch_from_xcom(value) == ref
 
 
+def test_airflow_pool_prints_the_pools_set_line_sized_from_the_config(tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    config = write_config(
+        workdir / "etl.toml",
+        "https://api.ultravox.ai",
+        [],
+        max_requests_per_second=30.0,
+        key_requests_per_second=200.0,
+    )
+
+    sized = run_console_script("airflow-pool", "--config", str(config), cwd=workdir)
+    named = run_console_script(
+        "airflow-pool", "--config", "etl.toml", "--name", "uvx key 2", cwd=workdir
+    )
+
+    # No API key in the environment (run_console_script drops ULTRAVOX_*), no database.
+    assert (sized.exit_code, sized.stderr, named.exit_code, named.stderr) == (0, "", 0, "")
+    description = "Ultravox API: 200 requests/s per key, 30 per task (ultravox-etl airflow-pool"
+    assert sized.stdout == (
+        f"airflow pools set {DEFAULT_POOL} 6 '{description} --config {config})'\n"
+    )
+    assert shlex.split(named.stdout) == [
+        "airflow", "pools", "set", "uvx key 2", "6", f"{description} --config etl.toml)",
+    ]  # fmt: skip
+    assert sorted(workdir.iterdir()) == [config]
+
+
 @pytest.mark.parametrize(
     ("status", "run_error", "expected"),
     [
@@ -281,31 +315,35 @@ class AirflowHome:
         )
         return proc
 
-    def task_instances(self, dag_id: str) -> dict[tuple[str, int], tuple[str, str | None, int]]:
-        """(task_id, map_index) -> (state, rendered_map_index, max_tries) of the latest run."""
+    def latest_run(self, dag_id: str, *columns: str) -> dict[tuple[str, int], tuple[Any, ...]]:
+        """(task_id, map_index) -> the task instance's `columns`, in the DAG's latest run."""
         with sqlite3.connect(self.path / "airflow.db") as db:
             (run_id,) = db.execute(
                 "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
             ).fetchone()
             found = db.execute(
-                "SELECT task_id, map_index, state, rendered_map_index, max_tries "
-                "FROM task_instance WHERE dag_id = ? AND run_id = ?",
-                (dag_id, run_id),
-            ).fetchall()
-        return {(t, i): (s, r, m) for t, i, s, r, m in found}
-
-    def tries(self, dag_id: str) -> dict[tuple[str, int], tuple[str, int]]:
-        """(task_id, map_index) -> (state, try_number) of the latest run."""
-        with sqlite3.connect(self.path / "airflow.db") as db:
-            (run_id,) = db.execute(
-                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-            ).fetchone()
-            found = db.execute(
-                "SELECT task_id, map_index, state, try_number FROM task_instance "
+                f"SELECT task_id, map_index, {', '.join(columns)} FROM task_instance "
                 "WHERE dag_id = ? AND run_id = ?",
                 (dag_id, run_id),
             ).fetchall()
-        return {(t, i): (s, n) for t, i, s, n in found}
+        return {(task_id, index): tuple(values) for task_id, index, *values in found}
+
+    def task_instances(self, dag_id: str) -> dict[tuple[str, int], tuple[Any, ...]]:
+        """(task_id, map_index) -> (state, rendered_map_index, max_tries) of the latest run."""
+        return self.latest_run(dag_id, "state", "rendered_map_index", "max_tries")
+
+    def tries(self, dag_id: str) -> dict[tuple[str, int], tuple[Any, ...]]:
+        """(task_id, map_index) -> (state, try_number) of the latest run."""
+        return self.latest_run(dag_id, "state", "try_number")
+
+    def pools(self, dag_id: str) -> dict[tuple[str, int], tuple[Any, ...]]:
+        """(task_id, map_index) -> (pool, pool_slots) of the latest run."""
+        return self.latest_run(dag_id, "pool", "pool_slots")
+
+    def pool_slots(self) -> dict[str, int]:
+        """Airflow's pools and their sizes."""
+        with sqlite3.connect(self.path / "airflow.db") as db:
+            return dict(db.execute("SELECT pool, slots FROM slot_pool").fetchall())
 
     def reschedules(self, dag_id: str) -> int:
         with sqlite3.connect(self.path / "airflow.db") as db:
@@ -374,15 +412,23 @@ def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow(
     tmp_path: Path,
 ) -> None:
     batches = [add_generated_batch(fake_api, n, seed=n) for n in (35, 12, 0)]
-    write_config(
+    config = write_config(
         tmp_path / "etl.toml",
         fake_api.base_url,
         [(b.agent_id, b.batch_id) for b in batches],
         database_url="sqlite:///not-used-the-connection-wins.db",
         sync={"lock_wait_seconds": 0.5, "created_calls": True},
+        max_requests_per_second=100.0,
+        key_requests_per_second=300.0,
     )
     locked = batches[1]
     locks = locks_for(engine)
+
+    # The example DAG's pool, created as the README says: with the line `airflow-pool` prints.
+    pool_set = run_console_script("airflow-pool", "--config", str(config))
+    assert pool_set.exit_code == 0, pool_set.stderr
+    airflow_home.run(*shlex.split(pool_set.stdout)[1:])
+    assert airflow_home.pool_slots()["ultravox_api"] == 3  # 300/s a key, 100/s a task
 
     # 1. Another run holds one batch: its task instance is skipped, not failed; the rest load.
     lock = locks.try_acquire(f"batch:{locked.batch_id}")
@@ -413,6 +459,9 @@ def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow(
         ]
     )
     assert not [r for r in recorded if r[1] == "failed"]
+    # Each task takes one slot of the pool (`dags test` runs them one at a time, whatever
+    # the pool: DAG.test in airflow/sdk/definitions/dag.py never looks at pools).
+    assert set(airflow_home.pools("ultravox_sync").values()) == {("ultravox_api", 1)}
 
     # 2. Rescheduling instead: the lock is let go once the run has found it taken; the task
     #    instance is rescheduled and then syncs the batch.
@@ -439,6 +488,8 @@ def test_the_dag_syncs_one_mapped_task_per_batch_on_real_airflow(
         ("sync_batch", 2): "success",
     }
     assert airflow_home.reschedules("ultravox_sync_rescheduling") >= 1
+    # A DAG built without `pool=` keeps Airflow's default pool.
+    assert set(airflow_home.pools("ultravox_sync_rescheduling").values()) == {("default_pool", 1)}
     for batch in batches:
         assert db_view(engine, batch.batch_id) == api_view(fake_api, batch.batch_id)
     statuses = [

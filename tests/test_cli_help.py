@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run_console_script
 
-COMMANDS = ("sync", "migrate", "runs", "demo", "fake-api")
+COMMANDS = ("sync", "migrate", "runs", "airflow-pool", "demo", "fake-api")
 
 
 def help_of(command: str) -> str:
@@ -35,6 +35,7 @@ def exit_codes(text: str) -> list[str]:
         ),
         ("migrate", ["0", "1", "2", "128+N"], "Needs no API key ($ULTRAVOX_API_KEY)"),
         ("runs", ["0", "1", "2", "128+N"], "Needs no API key ($ULTRAVOX_API_KEY)"),
+        ("airflow-pool", ["0", "2"], "Needs no API key ($ULTRAVOX_API_KEY) and no database"),
         ("demo", ["0", "1", "2", "128+N"], "No account needed: $ULTRAVOX_API_KEY is not read"),
         ("fake-api", ["0", "1", "2"], "A fake Ultravox API on 127.0.0.1"),
     ],
@@ -53,7 +54,7 @@ def test_each_command_describes_itself_and_lists_its_exit_codes(
 
 @pytest.mark.parametrize(
     ("command", "offers_verbosity"),
-    [("sync", True), ("demo", True), ("migrate", False), ("runs", False)],
+    [("sync", True), ("demo", True), ("migrate", False), ("runs", False), ("airflow-pool", False)],
 )
 def test_verbose_and_quiet_are_offered_only_where_they_change_something(
     command: str, offers_verbosity: bool

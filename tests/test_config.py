@@ -15,6 +15,7 @@ from etl.config import (
     ConfigError,
     SyncSettings,
     load_config,
+    runs_within_key_limit,
 )
 
 API_KEY = "uvx-secret-4b1d9e0c-never-print-me"
@@ -266,14 +267,16 @@ def test_not_utf8(tmp_path: Path) -> None:
         (
             "[api]\npagesize = 10\n",
             "[api] unknown key 'pagesize' (expected one of: backoff_initial_seconds, "
-            "backoff_max_seconds, base_url, concurrency, max_attempts, max_requests_per_second, "
-            "max_wait_seconds, page_size, retry_after_max_seconds, timeout_seconds)",
+            "backoff_max_seconds, base_url, concurrency, key_requests_per_second, max_attempts, "
+            "max_requests_per_second, max_wait_seconds, page_size, retry_after_max_seconds, "
+            "timeout_seconds)",
         ),
         (
             "[api.retry]\nattempts = 3\n",
             "[api] unknown key 'retry' (expected one of: backoff_initial_seconds, "
-            "backoff_max_seconds, base_url, concurrency, max_attempts, max_requests_per_second, "
-            "max_wait_seconds, page_size, retry_after_max_seconds, timeout_seconds)",
+            "backoff_max_seconds, base_url, concurrency, key_requests_per_second, max_attempts, "
+            "max_requests_per_second, max_wait_seconds, page_size, retry_after_max_seconds, "
+            "timeout_seconds)",
         ),
         (
             '[database]\nuri = "sqlite:///x.db"\n',
@@ -497,6 +500,7 @@ statuses = ["SUCCESS"]
 def test_defaults_of_the_newer_settings(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, BATCH_TABLE), environ=ENV)
     assert config.api.max_requests_per_second == 20
+    assert config.api.key_requests_per_second == 200
     assert config.api.concurrency == 4
     assert config.sync == SyncSettings(lock_wait_seconds=30.0, strict=False)
     assert config.agents == ()
@@ -530,9 +534,24 @@ def test_defaults_of_the_newer_settings(tmp_path: Path) -> None:
             "[api]\nmax_requests_per_second = 0\n",
             "[api] max_requests_per_second: must be greater than 0",
         ),
+        (
+            "[api]\nmax_requests_per_second = 300\n",
+            "[api] key_requests_per_second (200) is below max_requests_per_second (300): "
+            "one process alone would exceed the API key's limit",
+        ),
+        (
+            "[api]\nkey_requests_per_second = 0\n",
+            "[api] key_requests_per_second (0) is below max_requests_per_second (20): "
+            "one process alone would exceed the API key's limit",
+        ),
+        (
+            "[api]\nkey_requests_per_second = inf\n",
+            "[api] key_requests_per_second: expected float, got inf",
+        ),
     ],
     ids=["bad-status", "agent-twice", "agent-uuid", "statuses-type", "strict-type",
-         "lock-wait", "sync-key", "concurrency", "rate"],
+         "lock-wait", "sync-key", "concurrency", "rate", "rate-above-key-limit",
+         "key-limit-zero", "key-limit-inf"],
 )  # fmt: skip
 def test_errors_in_the_newer_settings(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
@@ -545,3 +564,35 @@ def test_the_example_config_in_the_repository_is_valid() -> None:
     assert config.api.base_url == "https://api.ultravox.ai"
     assert len(config.batches) == 2 and config.batches[1].statuses == ("ERROR",)
     assert len(config.agents) == 1
+
+
+# --- processes within the API key's limit (the Airflow pool's slots) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("key_limit", "per_run", "runs"),
+    [
+        (200, 20, 10),  # the defaults
+        (200, 30, 6),  # rounded down: 7 * 30 would be 210
+        (200, 200, 1),  # one process may use the whole key
+        (166, 25, 6),  # a third of an account's 500/s, shared by three keys
+        (200, 0.5, 400),
+        (0.3, 0.1, 3),  # as written: binary floats would make it 2
+    ],
+)
+def test_runs_within_the_key_limit_are_the_key_limit_over_each_runs_cap_rounded_down(
+    key_limit: float, per_run: float, runs: int
+) -> None:
+    api = ApiSettings(key_requests_per_second=key_limit, max_requests_per_second=per_run)
+
+    assert runs_within_key_limit(api) == runs
+    assert runs * per_run <= key_limit * (1 + 1e-12) < (runs + 1) * per_run
+
+
+def test_the_key_limit_is_read_from_the_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "[api]\nkey_requests_per_second = 166\nmax_requests_per_second = 25\n")
+
+    config = load_config(path, require_api_key=False, require_batches=False, environ={})
+
+    assert config.api.key_requests_per_second == 166
+    assert runs_within_key_limit(config.api) == 6

@@ -150,7 +150,17 @@ def test_an_unsupported_database_or_driver_is_one_line_naming_the_supported_form
         (
             ["report"],
             "ultravox-etl: error: argument COMMAND: invalid choice: 'report' "
-            "(choose from 'sync', 'migrate', 'runs', 'demo', 'fake-api')",
+            "(choose from 'sync', 'migrate', 'runs', 'airflow-pool', 'demo', 'fake-api')",
+        ),
+        (
+            ["airflow-pool", "--config", "etl.toml", "--name", " "],
+            "ultravox-etl airflow-pool: error: argument --name: "
+            "expected 1 to 256 characters, not only blanks",
+        ),
+        (
+            ["airflow-pool", "--config", "etl.toml", "--database-url", "sqlite:///etl.db"],
+            "ultravox-etl airflow-pool: error: unrecognized arguments: "
+            "--database-url sqlite:///etl.db",
         ),
     ],
 )
@@ -195,6 +205,24 @@ def test_a_config_with_no_batches_and_no_agents_is_refused_naming_the_file(
     assert_only_the_config_in(workdir, config)
     # Commands that only touch the database take such a config.
     assert run_in(workdir, "runs", "--config", str(config)).exit_code == 0
+
+
+def test_a_rate_cap_above_the_key_limit_is_one_line_and_sizes_no_pool(workdir: Path) -> None:
+    config = write_config(
+        workdir / "etl.toml",
+        "http://127.0.0.1:9",
+        [],
+        max_requests_per_second=250.0,
+        key_requests_per_second=200.0,
+    )
+
+    result = run_in(workdir, "airflow-pool", "--config", str(config))
+
+    assert assert_one_line_error(result, "ultravox-etl: config error: ") == (
+        f"ultravox-etl: config error: {config}: [api] key_requests_per_second (200) is below "
+        "max_requests_per_second (250): one process alone would exceed the API key's limit"
+    )
+    assert_only_the_config_in(workdir, config)
 
 
 def test_a_batch_nobody_knows_is_one_line_after_the_agents_lists_and_writes_nothing(

@@ -8,7 +8,11 @@ Copy this file into Airflow's DAG folder, on every scheduler and worker install
   (or `AIRFLOW_CONN_ULTRAVOX_ETL_DB=postgresql://…`);
 - the Variable `ultravox_api_key`: the Ultravox API key
   (`airflow variables set ultravox_api_key …` or `AIRFLOW_VAR_ULTRAVOX_API_KEY=…`);
-- the config file (batches, agents, [api] and [sync] settings) at $ULTRAVOX_ETL_CONFIG.
+- the config file (batches, agents, [api] and [sync] settings) at $ULTRAVOX_ETL_CONFIG;
+- the pool `ultravox_api`, sized from that config so that all workers together stay within
+  the API key's limit: `eval "$(ultravox-etl airflow-pool --config "$ULTRAVOX_ETL_CONFIG")"`
+  runs the `airflow pools set` line it prints. Create it first: Airflow leaves a task whose
+  pool does not exist `scheduled` for ever, without failing it.
 """
 
 from __future__ import annotations
@@ -26,4 +30,5 @@ dag = ultravox_sync_dag(
     retries=3,
     retry_delay=timedelta(minutes=2),
     on_locked="skip",  # a batch another run is syncing: skipped, the next run takes it
+    pool="ultravox_api",  # one slot a task: see `ultravox-etl airflow-pool` above
 )
