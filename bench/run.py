@@ -92,8 +92,6 @@ TARGETS: dict[str, tuple[str, float | None, str]] = {
     "A'": ("A with latency", None, "A'"),
     "F": ("B with latency", 1.2, "A'"),
 }
-STREAM_PATHS = {"scheduled_calls": "scheduled_calls", "calls": "created_calls"}
-"""Each stream's listing under a batch, for the fetch-only scenarios."""
 MIN_TIMES_FASTER_THAN_PEER = 3.0
 MIN_CALLS_PER_SECOND_B = 30_000
 COUNTED = ("fetched", "inserted", "updated", "unchanged", "removed", "rejected")
@@ -119,17 +117,26 @@ def _fetch_only(spec: dict[str, Any]) -> dict[str, Any]:
     from etl.config import BatchRef
     from etl.extract.client import UltravoxClient
     from etl.extract.endpoints import batch_listing_pages
+    from etl.streams import page_size_of
+    from etl.streams.created_calls import CREATED_CALLS
+    from etl.streams.scheduled_calls import SCHEDULED_CALLS
 
     settings = _settings(spec)
-    paths = [STREAM_PATHS[name] for name in spec["streams"]]
+    # Each stream's listing as the sync asks for it: its path, its page size.
+    streams = [s for s in (SCHEDULED_CALLS, CREATED_CALLS) if s.name in spec["streams"]]
 
     def walk(client: UltravoxClient, batch_id: str) -> int:
         ref = BatchRef(spec["agent_id"], batch_id)
         return sum(
             len(p.results)
-            for path in paths
+            for stream in streams
             for p in batch_listing_pages(
-                client, ref, path, {}, page_size=settings.page_size, where=batch_id
+                client,
+                ref,
+                stream.path,
+                {},
+                page_size=page_size_of(stream, settings.page_size),
+                where=batch_id,
             )
         )
 

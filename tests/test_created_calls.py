@@ -21,7 +21,14 @@ from sqlalchemy import Engine, select
 from etl.fake_api import SECRET_MARK, FakeBatch, FakeUltravox, call_secrets, generate_calls
 from etl.load.schema import call_metadata, calls
 from etl.normalize.json_values import RecordError
-from etl.streams.created_calls import normalize_call, record_digest, without_call_secrets
+from etl.streams import page_size_of
+from etl.streams.created_calls import (
+    CREATED_CALLS,
+    normalize_call,
+    record_digest,
+    without_call_secrets,
+)
+from etl.streams.scheduled_calls import SCHEDULED_CALLS
 from tests.conftest import AGENT_ID, TEST_API_KEY, dump_all_tables, rows, write_config
 from tests.test_sync_e2e import snapshot
 
@@ -278,6 +285,33 @@ def test_calls_equal_the_api_as_statuses_move_and_a_rerun_rewrites_nothing(
             line.startswith(f"batch {batch.batch_id}: skipped (")
             and f"calls: ended; all {listed} stored calls are billed, with their summaries" in line
         ), line
+
+
+def test_created_calls_are_asked_in_smaller_pages_than_scheduled_calls(
+    fake_api: FakeUltravox, tmp_path: Path, run_cli: Any
+) -> None:
+    batch = add_campaign(fake_api, 1500)
+    listed = len(fake_api.created_calls(batch.batch_id))
+    assert listed > CREATED_CALLS.max_page_size  # type: ignore[operator]
+    config = write_config(
+        tmp_path / "etl.toml",
+        fake_api.base_url,
+        [(AGENT_ID, batch.batch_id)],
+        database_url=f"sqlite:///{tmp_path / 'etl.db'}",
+        sync=BOTH_STREAMS,
+        page_size=1000,
+    )
+
+    result = run_cli("sync", "--config", str(config))
+
+    assert result.exit_code == 0, result.stderr
+    line = next(ln for ln in result.stdout.splitlines() if batch.batch_id in ln)
+    assert "scheduled_calls pages=2 fetched=1500/1500 inserted=1500 " in line, line
+    pages = -(-listed // 250)
+    assert f"calls pages={pages} fetched={listed}/{listed} inserted={listed} " in line, line
+    assert page_size_of(CREATED_CALLS, 1000) == 250
+    assert page_size_of(CREATED_CALLS, 100) == 100
+    assert page_size_of(SCHEDULED_CALLS, 1000) == 1000
 
 
 def test_a_call_deleted_by_retention_is_marked_removed_and_its_metadata_kept(

@@ -36,7 +36,7 @@ from etl.pipeline.targets import Target
 from etl.pipeline.workers import Stopped, prefetched, stoppable_sleep
 from etl.report.records import Clock, RunRecorder
 from etl.report.results import BatchResult, RunResult, StreamResult
-from etl.streams import BatchContext, PageResult, Stream
+from etl.streams import BatchContext, PageResult, Stream, page_size_of
 
 log = logging.getLogger("etl.pipeline")
 
@@ -272,7 +272,7 @@ def _list_stream(
             batch,
             stream.path,
             listing.params,
-            page_size=run.config.api.page_size,
+            page_size=page_size_of(stream, run.config.api.page_size),
             where=where,
         )
         for page in prefetched(pages, run.stop):

@@ -87,6 +87,9 @@ class Stream(Protocol):
     """The endpoint under `/api/agents/{agent_id}/scheduled_batches/{batch_id}/`."""
     tables: tuple[Table, ...]
     """The tables it writes, main table first."""
+    max_page_size: int | None
+    """The most records a page of it is asked for, where fewer than `[api] page_size` keep a
+    page's memory near a page of scheduled calls (its records weigh more); None: no limit."""
 
     def enabled(self, config: Config) -> bool:
         """Whether the config asks for this stream."""
@@ -111,6 +114,11 @@ def _registered() -> tuple[Stream, ...]:
     from etl.streams.scheduled_calls import SCHEDULED_CALLS
 
     return (SCHEDULED_CALLS, CREATED_CALLS)
+
+
+def page_size_of(stream: Stream, configured: int) -> int:
+    """The page size a stream's listings are asked for: the config's, within its limit."""
+    return configured if stream.max_page_size is None else min(configured, stream.max_page_size)
 
 
 def streams_for(config: Config) -> tuple[Stream, ...]:

@@ -229,6 +229,9 @@ SPEC = KeyedStreamSpec(
 class CreatedCallsStream:
     name = "calls"
     path = "created_calls"
+    # A Call (summaries, timestamps, its medium) is ~4x a scheduled call on the wire and
+    # parsed: 250 of them weigh what 1,000 scheduled calls do (bench/README.md, B2's RSS).
+    max_page_size: int | None = 250
     tables: tuple[Table, ...] = (calls, call_metadata)
 
     def enabled(self, config: Config) -> bool:

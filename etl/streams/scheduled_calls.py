@@ -253,6 +253,7 @@ def _metadata_entries(metadata: Any) -> tuple[tuple[str, str], ...]:
 class ScheduledCallsStream:
     name = "scheduled_calls"
     path = "scheduled_calls"
+    max_page_size: int | None = None
     tables: tuple[Table, ...] = (
         scheduled_calls,
         scheduled_call_media,
