@@ -101,13 +101,57 @@ MAX_RSS_MIB = 150
 # -- one scenario, in its own process ----------------------------------------------------------
 
 
+DATABASE_SERVERS = ("postgres", "mariadbd", "mysqld")
+
+
+def database_server_cpu() -> float | None:
+    """CPU seconds the local database servers' processes have used so far, those that ended
+    included (a server's main process counts its reaped children's), or None without /proc.
+    The difference across a scenario is what the database did for it (the other server idles);
+    a remote server's work is not seen."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, found = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            name, fields = text[text.index("(") + 1 : text.rindex(")")], text.rsplit(")", 1)[1]
+            if name in DATABASE_SERVERS:
+                found = True
+                total += sum(int(v) for v in fields.split()[11:15])  # utime stime cutime cstime
+    return total / ticks if found else None
+
+
+class CpuClock:
+    """Wall time, this process's CPU and the local database servers' CPU across a block:
+    `spent` = {"wall", "cpu_s", "database_cpu_s" (absent if not seen)}."""
+
+    def __enter__(self) -> CpuClock:
+        self._server = database_server_cpu()
+        self._own = _own_cpu()
+        self._start = time.perf_counter()
+        self.spent: dict[str, float] = {}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.spent["wall"] = time.perf_counter() - self._start
+        self.spent["cpu_s"] = _own_cpu() - self._own
+        server = database_server_cpu()
+        if server is not None and self._server is not None:
+            self.spent["database_cpu_s"] = server - self._server
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _settings(spec: dict[str, Any]) -> Any:
     from etl.config import ApiSettings
 
     return ApiSettings(
         base_url=spec["base_url"],
         page_size=spec["page_size"],
-        max_requests_per_second=RATE_CAP,
+        max_requests_per_second=spec.get("rate_cap", RATE_CAP),
         concurrency=spec["concurrency"],
         timeout_seconds=60.0,
     )
@@ -140,12 +184,13 @@ def _fetch_only(spec: dict[str, Any]) -> dict[str, Any]:
             )
         )
 
-    with UltravoxClient(settings, spec["api_key"]) as client:
-        start = time.perf_counter()
-        with ThreadPoolExecutor(settings.concurrency) as pool:
-            fetched = sum(pool.map(lambda b: walk(client, b), spec["batches"]))
-        wall = time.perf_counter() - start
-    return {"wall": wall, "fetched": fetched}
+    with (
+        UltravoxClient(settings, spec["api_key"]) as client,
+        CpuClock() as cpu,
+        ThreadPoolExecutor(settings.concurrency) as pool,
+    ):
+        fetched = sum(pool.map(lambda b: walk(client, b), spec["batches"]))
+    return {**cpu.spent, "fetched": fetched}
 
 
 def _sync(spec: dict[str, Any]) -> dict[str, Any]:
@@ -165,11 +210,10 @@ def _sync(spec: dict[str, Any]) -> dict[str, Any]:
     engine.dispose()
     from etl.pipeline import sync
 
-    start = time.perf_counter()
-    result = sync(config, full=True)
-    wall = time.perf_counter() - start
-    totals: dict[str, Any] = {"wall": wall}
-    for name in COUNTED:
+    with CpuClock() as cpu:
+        result = sync(config, full=True)
+    totals: dict[str, Any] = dict(cpu.spent)
+    for name in (*COUNTED, "pages"):
         totals[name] = sum(getattr(b.counts, name) for b in result.batches)
     for stream in spec["streams"]:
         totals[stream] = {
@@ -313,7 +357,7 @@ class ScratchDatabases:
         self.admin.engine.dispose()
 
 
-def _in_child(spec: dict[str, Any]) -> dict[str, Any]:
+def in_child(spec: dict[str, Any]) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.run", "--scenario", json.dumps(spec)]
     py_spy = spec.get("py_spy")
     if py_spy:  # sampled, every thread: collapsed stacks, see bench/profile_summary.py
@@ -374,7 +418,7 @@ def _medians(rounds: list[list[Row]]) -> list[Row]:
     for row in rounds[0]:
         same = [r for rows in rounds for r in rows if r.name == row.name]
         result = dict(row.result)
-        for key in ("wall", "ratio", "times_faster_than_peer"):
+        for key in ("wall", "ratio", "times_faster_than_peer", "cpu_s", "database_cpu_s"):
             values = [float(r.result[key]) for r in same if key in r.result]
             if values:
                 result[key] = statistics.median(values)
@@ -386,8 +430,9 @@ def _medians(rounds: list[list[Row]]) -> list[Row]:
 
 def _table(rows: list[Row]) -> tuple[str, list[str]]:
     lines = [
-        "| | scenario | records | wall s | records/s | peak RSS MiB | ratio | target | met |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| | scenario | records | wall s | records/s | CPU s: client, database | peak RSS MiB "
+        "| ratio | target | met |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     missed = []
     for row in rows:
@@ -399,11 +444,12 @@ def _table(rows: list[Row]) -> tuple[str, list[str]]:
         wall = f"{row.wall:.2f}" + (
             f" ({', '.join(f'{w:.2f}' for w in walls)})" if len(walls) > 1 else ""
         )
+        cpu = _cpu_cell(row.result)
         targets = []
         met = rss < MAX_RSS_MIB
         if row.name == peer.NAME:
             lines.append(
-                f"| {row.name} | {what} | {row.calls:,} | {wall} | {rate:,.0f} | "
+                f"| {row.name} | {what} | {row.calls:,} | {wall} | {rate:,.0f} | {cpu} | "
                 f"{rss:.0f} | {ratio:.2f}x {base} | none (a peer) | — |"
             )
             continue
@@ -421,10 +467,17 @@ def _table(rows: list[Row]) -> tuple[str, list[str]]:
         if not met:
             missed.append(row.name)
         lines.append(
-            f"| {row.name} | {what} | {row.calls:,} | {wall} | {rate:,.0f} | {rss:.0f} "
+            f"| {row.name} | {what} | {row.calls:,} | {wall} | {rate:,.0f} | {cpu} | {rss:.0f} "
             f"| {ratio:.2f}x {base} | {', '.join(targets)} | {'yes' if met else '**no**'} |"
         )
     return "\n".join(lines), missed
+
+
+def _cpu_cell(result: dict[str, Any]) -> str:
+    """The scenario process's CPU seconds and the database servers' (— where not seen)."""
+    client = result.get("cpu_s")
+    server = result.get("database_cpu_s")
+    return ", ".join("—" if v is None else f"{float(v):.1f}" for v in (client, server))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,8 +571,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Records: scheduled calls, plus created calls in the rows marked both streams. "
             "Ratio: wall time over the base row's (A's; A2's for both streams; A''s for F), "
-            "the median of the rounds' ratios. Peak RSS: the scenario's own process (each runs "
-            "in a fresh one), the highest of the rounds.",
+            "the median of the rounds' ratios. CPU: the scenario's own processes while timed "
+            "(P: dlt's, its normalize workers included), and the local database servers' "
+            "(P: its setup of dlt's own tables included; — if not on this machine); "
+            "medians. Peak RSS: the scenario's own process (each runs in a fresh one), the "
+            "highest of the rounds.",
             "",
             "Machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()) + ".",
             "",
@@ -570,7 +626,7 @@ def _one_round(
                 spec["profile"] = str(stem.with_suffix(".txt" if args.py_spy else ".prof"))
                 spec["py_spy"] = args.py_spy
             print(f"… {name}: {TARGETS[name][0]}", file=sys.stderr, flush=True)
-            result = _in_child(spec)
+            result = in_child(spec)
             row = Row(name, int(result["fetched"]), result, checks or [])
             print(f"  {row.wall:.2f} s", file=sys.stderr, flush=True)
             rows.append(row)
@@ -582,8 +638,12 @@ def _one_round(
         run("B", "sync", pg_url, every_call + counts(inserted=calls))
         if dlt_peer.runs:  # before E's changes and any latency: B's calls
             print(f"… {peer.NAME}: {peer.WHAT}", file=sys.stderr, flush=True)
-            result = peer.run(dlt_peer, server.hello, postgres.fresh(), page_size=args.page_size,
-                              concurrency=args.concurrency, rate_cap=RATE_CAP)  # fmt: skip
+            peer_url = postgres.fresh()
+            with CpuClock() as around_peer:
+                result = peer.run(dlt_peer, server.hello, peer_url, page_size=args.page_size,
+                                  concurrency=args.concurrency, rate_cap=RATE_CAP)  # fmt: skip
+            if "database_cpu_s" in around_peer.spent:
+                result["database_cpu_s"] = around_peer.spent["database_cpu_s"]
             rows.append(Row(peer.NAME, calls, result, every_call))
             print(f"  {rows[-1].wall:.2f} s", file=sys.stderr, flush=True)
         run("C", "sync", f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:8]}.db",

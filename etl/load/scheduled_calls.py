@@ -150,10 +150,12 @@ class ScheduledCallLoader:
         self.memory = PageMemory(context.conn, self.batch.batch_id, STREAM, NORMALIZER_VERSION)
         self._seen = SeenIds()
         self._removed: set[int] | None = None
-        self._fresh: set[int] | None = None
-        """When the batch had no stored call as this sync began: the (first 8 bytes of the)
-        definition digests this sync has stored. Then no record can be a stored one but
-        through its definition, and only a definition seen before needs a lookup."""
+        self._fresh: dict[int, int] | None = None
+        """When the batch had no stored call as this sync began: the highest occurrence number
+        this sync has stored per definition (keyed by the first 8 bytes of its digest). Every
+        row of the batch is then one this sync stored and claimed, so a record can only be a
+        stored row by its callId (and is then listed twice), and a new row's number comes
+        from here instead of a lookup of its definition's rows."""
         self._first_page = True
 
     def load_page(self, page: Page, listing: Listing) -> PageResult:
@@ -200,7 +202,7 @@ class ScheduledCallLoader:
             stored = self.context.conn.execute(
                 select(c.id).where(c.batch_id == self.batch.batch_id).limit(1)
             ).first()
-        self._fresh = set() if stored is None else None
+        self._fresh = {} if stored is None else None
 
     def _claimed_all(self, members: list[Member]) -> bool:
         """Claim the remembered rows of a page that came again, unless one of them was
@@ -289,25 +291,11 @@ class ScheduledCallLoader:
     ) -> list[_Match]:
         """Each call's stored row (or a new key), per the module doc's rules."""
         batch_id = self.batch.batch_id
-        definitions = {c.definition_digest for c in calls}
-        if self._fresh is not None:  # only a definition this sync stored can have rows
-            definitions = {d for d in definitions if _short(d) in self._fresh}
-        stored = {
-            row.id: row
-            for row in map(
-                StoredCall._make,
-                db.select_in(
-                    scheduled_calls,
-                    _STORED,
-                    {"batch_id": batch_id},
-                    "definition_digest",
-                    sorted(definitions),
-                ),
-            )
-        }
-        by_call_id = {row.call_id: row for row in stored.values() if row.call_id}
-        wanted = sorted({c.call.call_id for c in calls if c.call.call_id} - by_call_id.keys())
+        # A callId names its row: those are looked up first, so that only the calls a
+        # callId does not place need the rows of their definition (twins make those many).
+        by_call_id: dict[str, StoredCall] = {}
         elsewhere: dict[str, str] = {}
+        wanted = sorted({c.call.call_id for c in calls if c.call.call_id})
         for row in map(
             StoredCall._make, db.select_in(scheduled_calls, _STORED, {}, "call_id", wanted)
         ):
@@ -315,9 +303,6 @@ class ScheduledCallLoader:
                 by_call_id[str(row.call_id)] = row
             else:
                 elsewhere[str(row.call_id)] = row.batch_id
-        by_definition: dict[str, list[StoredCall]] = defaultdict(list)
-        for row in sorted(stored.values(), key=lambda r: r.occurrence):
-            by_definition[row.definition_digest].append(row)
 
         matches: list[_Match] = []
         by_state: list[NormalizedScheduledCall] = []
@@ -350,9 +335,30 @@ class ScheduledCallLoader:
             seen.add(holder.id)
             matches.append(_Match(call, holder, holder.call_key))
 
-        next_occurrence = {
-            d: (rows[-1].occurrence if rows else 0) for d, rows in by_definition.items()
-        }
+        definitions = {c.definition_digest for c in by_state}
+        fresh = self._fresh
+        if fresh is not None:
+            # A fresh batch's rows are all claimed already: none can be matched by state,
+            # and this sync knows each definition's highest number.
+            by_definition: dict[str, list[StoredCall]] = {}
+            next_occurrence = {d: fresh.get(_short(d), 0) for d in definitions}
+        else:
+            by_definition = defaultdict(list)
+            for row in sorted(
+                map(
+                    StoredCall._make,
+                    db.select_in(
+                        scheduled_calls,
+                        _STORED,
+                        {"batch_id": batch_id},
+                        "definition_digest",
+                        sorted(definitions),
+                    ),
+                ),
+                key=lambda r: r.occurrence,
+            ):
+                by_definition[row.definition_digest].append(row)
+            next_occurrence = {d: rows[-1].occurrence for d, rows in by_definition.items()}
         for call in by_state:
             match = _best_candidate(by_definition.get(call.definition_digest, ()), call, seen)
             if match is not None:
@@ -382,7 +388,9 @@ class ScheduledCallLoader:
             self._seen.add(row_id)
             members[m.call.position] = (str(row_id), m.call.record_digest)
             if self._fresh is not None:
-                self._fresh.add(_short(m.call.definition_digest))
+                short = _short(m.call.definition_digest)
+                occurrence = int(m.call_key.rpartition("#")[2])
+                self._fresh[short] = max(self._fresh.get(short, 0), occurrence)
         for m in old:
             members[m.call.position] = (str(_stored(m).id), m.call.record_digest)
         db.update_rows(
@@ -519,8 +527,8 @@ class ScheduledCallLoader:
 
 
 def _short(definition_digest: str) -> int:
-    """The first 8 bytes of a digest: a set of these is a small, exact-enough filter (a
-    false hit only costs a lookup)."""
+    """The first 8 bytes of a digest: a small, exact-enough key (two definitions sharing
+    one would only share a count, leaving a gap in the occurrence numbers)."""
     return int(definition_digest[:16], 16)
 
 
