@@ -77,7 +77,7 @@ class StoredCall(NamedTuple):
 
     @property
     def occurrence(self) -> int:
-        return int(self.call_key.rpartition("#")[2])
+        return _occurrence(self.call_key)
 
 
 _STORED = StoredCall._fields
@@ -336,21 +336,18 @@ class ScheduledCallLoader:
             matches.append(_Match(call, holder, holder.call_key))
 
         definitions = {c.definition_digest for c in by_state}
-        fresh = self._fresh
-        if fresh is not None:
-            # A fresh batch's rows are all claimed already: none can be matched by state,
-            # and this sync knows each definition's highest number.
-            by_definition: dict[str, list[StoredCall]] = {}
-            next_occurrence = {d: fresh.get(_short(d), 0) for d in definitions}
-        else:
-            by_definition = defaultdict(list)
+        by_definition: dict[str, list[StoredCall]] = defaultdict(list)
+        # A fresh batch's rows are all claimed already: none can be matched by state. Else
+        # only a row without a callId can be: its definition's twins with one (thousands, in
+        # a large batch) stay in the database.
+        if self._fresh is None:
             for row in sorted(
                 map(
                     StoredCall._make,
                     db.select_in(
                         scheduled_calls,
                         _STORED,
-                        {"batch_id": batch_id},
+                        {"batch_id": batch_id, "call_id": None},
                         "definition_digest",
                         sorted(definitions),
                     ),
@@ -358,17 +355,36 @@ class ScheduledCallLoader:
                 key=lambda r: r.occurrence,
             ):
                 by_definition[row.definition_digest].append(row)
-            next_occurrence = {d: rows[-1].occurrence for d, rows in by_definition.items()}
+        unmatched: list[NormalizedScheduledCall] = []
         for call in by_state:
             match = _best_candidate(by_definition.get(call.definition_digest, ()), call, seen)
-            if match is not None:
-                seen.add(match.id)
-                matches.append(_Match(call, match, match.call_key))
+            if match is None:
+                unmatched.append(call)
                 continue
+            seen.add(match.id)
+            matches.append(_Match(call, match, match.call_key))
+        next_occurrence = self._highest_occurrences(db, {c.definition_digest for c in unmatched})
+        for call in unmatched:
             occurrence = next_occurrence.get(call.definition_digest, 0) + 1
             next_occurrence[call.definition_digest] = occurrence
             matches.append(_Match(call, None, f"{call.definition_digest}#{occurrence}"))
         return matches
+
+    def _highest_occurrences(self, db: Bulk, definitions: set[str]) -> dict[str, int]:
+        """The highest occurrence number stored for each definition (absent: none), read
+        only for the definitions that get a new row (on a re-sync, rarely any)."""
+        if self._fresh is not None:
+            return {d: self._fresh.get(_short(d), 0) for d in definitions}
+        highest: dict[str, int] = {}
+        for definition, call_key in db.select_in(
+            scheduled_calls,
+            ("definition_digest", "call_key"),
+            {"batch_id": self.batch.batch_id},
+            "definition_digest",
+            sorted(definitions),
+        ):
+            highest[definition] = max(highest.get(definition, 0), _occurrence(call_key))
+        return highest
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -389,8 +405,7 @@ class ScheduledCallLoader:
             members[m.call.position] = (str(row_id), m.call.record_digest)
             if self._fresh is not None:
                 short = _short(m.call.definition_digest)
-                occurrence = int(m.call_key.rpartition("#")[2])
-                self._fresh[short] = max(self._fresh.get(short, 0), occurrence)
+                self._fresh[short] = max(self._fresh.get(short, 0), _occurrence(m.call_key))
         for m in old:
             members[m.call.position] = (str(_stored(m).id), m.call.record_digest)
         db.update_rows(
@@ -524,6 +539,11 @@ class ScheduledCallLoader:
                 .values(last_synced_at=now, removed_at=None)
             )
         return removed
+
+
+def _occurrence(call_key: str) -> int:
+    """The occurrence number of a call key, `<definition digest>#<n>`."""
+    return int(call_key.rpartition("#")[2])
 
 
 def _short(definition_digest: str) -> int:

@@ -264,8 +264,8 @@ class Bulk:
         in_column: str,
         values: Sequence[Any],
     ) -> list[tuple[Any, ...]]:
-        """Rows of `columns` where every `where` column equals its value and `in_column`
-        is one of `values`."""
+        """Rows of `columns` where every `where` column equals its value (is NULL for None)
+        and `in_column` is one of `values`."""
         raise NotImplementedError
 
     def insert(self, table: Table, columns: Sequence[str], rows: Iterable[Row]) -> None:

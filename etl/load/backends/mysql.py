@@ -196,13 +196,16 @@ class MysqlBulk(Bulk):
         values: Sequence[Any],
     ) -> list[tuple[Any, ...]]:
         found: list[tuple[Any, ...]] = []
-        fixed = "".join(f"`{c}` = %s AND " for c in where)
+        fixed = "".join(
+            f"`{c}` IS NULL AND " if v is None else f"`{c}` = %s AND " for c, v in where.items()
+        )
+        given = [v for v in where.values() if v is not None]
         with self.raw.cursor() as cur:
             for chunk in _chunks(values):
                 cur.execute(
                     f"SELECT {_quoted(columns)} FROM {table.name} "  # noqa: S608
                     f"WHERE {fixed}`{in_column}` IN ({_marks(len(chunk))})",
-                    [*where.values(), *chunk],
+                    [*given, *chunk],
                 )
                 found.extend(cur.fetchall())
         return found

@@ -154,14 +154,17 @@ class SqliteBulk(Bulk):
         values: Sequence[Any],
     ) -> list[tuple[Any, ...]]:
         found: list[tuple[Any, ...]] = []
-        fixed = "".join(f'"{c}" = ? AND ' for c in where)
+        fixed = "".join(
+            f'"{c}" IS NULL AND ' if v is None else f'"{c}" = ? AND ' for c, v in where.items()
+        )
+        given = [v for v in where.values() if v is not None]
         cur = self.raw.cursor()
         try:
             for chunk in _chunks(values):
                 cur.execute(
                     f"SELECT {quoted(columns)} FROM {table.name} "  # noqa: S608
                     f'WHERE {fixed}"{in_column}" IN ({_marks(len(chunk))})',
-                    [*where.values(), *chunk],
+                    [*given, *chunk],
                 )
                 found.extend(cur.fetchall())
         finally:
