@@ -137,9 +137,14 @@ def settled_database_server_cpu() -> float | None:
 
 class CpuClock:
     """Wall time, this process's CPU and the local database servers' CPU across a block:
-    `spent` = {"wall", "cpu_s", "database_cpu_at_start", "database_cpu_s"} (the last two
-    absent if not seen). Around a child process, the end is read once its connections are
-    gone; inside one, `in_child` reads the end after the process has exited."""
+    `spent` = {"wall", "cpu_s", "database_cpu_at_start", "database_cpu_s"} (the database
+    figures absent if not seen). Around a child process, the database's end is read once
+    that child's connections are gone. Inside a scenario's own process (`inside_scenario`),
+    its connections are still open: only the start is read, and `in_child` reads the end
+    after the process has exited."""
+
+    def __init__(self, *, inside_scenario: bool = False) -> None:
+        self.inside_scenario = inside_scenario
 
     def __enter__(self) -> CpuClock:
         self._server = database_server_cpu()
@@ -151,9 +156,11 @@ class CpuClock:
     def __exit__(self, *exc: object) -> None:
         self.spent["wall"] = time.perf_counter() - self._start
         self.spent["cpu_s"] = _own_cpu() - self._own
-        server = settled_database_server_cpu()
-        if server is not None and self._server is not None:
-            self.spent["database_cpu_at_start"] = self._server
+        if self._server is None:
+            return
+        self.spent["database_cpu_at_start"] = self._server
+        server = None if self.inside_scenario else settled_database_server_cpu()
+        if server is not None:
             self.spent["database_cpu_s"] = server - self._server
 
 
@@ -203,7 +210,7 @@ def _fetch_only(spec: dict[str, Any]) -> dict[str, Any]:
 
     with (
         UltravoxClient(settings, spec["api_key"]) as client,
-        CpuClock() as cpu,
+        CpuClock(inside_scenario=True) as cpu,
         ThreadPoolExecutor(settings.concurrency) as pool,
     ):
         fetched = sum(pool.map(lambda b: walk(client, b), spec["batches"]))
@@ -227,7 +234,7 @@ def _sync(spec: dict[str, Any]) -> dict[str, Any]:
     engine.dispose()
     from etl.pipeline import sync
 
-    with CpuClock() as cpu:
+    with CpuClock(inside_scenario=True) as cpu:
         result = sync(config, full=True)
     totals: dict[str, Any] = dict(cpu.spent)
     for name in (*COUNTED, "pages"):

@@ -233,6 +233,18 @@ def quoted(columns: Iterable[str]) -> str:
     return ", ".join(f'"{c}"' for c in columns)
 
 
+def matching(
+    where: Mapping[str, Any], column: Callable[[str], str], mark: str
+) -> tuple[str, list[Any]]:
+    """The conditions of a `where` mapping as SQL ("… AND " after each) and their
+    parameters: a column equals its value, or IS NULL where the value is None."""
+    sql = "".join(
+        f"{column(c)} IS NULL AND " if v is None else f"{column(c)} = {mark} AND "
+        for c, v in where.items()
+    )
+    return sql, [v for v in where.values() if v is not None]
+
+
 class Bulk:
     """Set-based statements on the driver connection under a SQLAlchemy connection, inside
     its current transaction. Values go in already in the database's form (`timestamp`,

@@ -29,7 +29,15 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from etl.load.backends import AirflowConnection, Backend, Bulk, Locks, Row, SessionLocks
+from etl.load.backends import (
+    AirflowConnection,
+    Backend,
+    Bulk,
+    Locks,
+    Row,
+    SessionLocks,
+    matching,
+)
 
 CHARSET = "utf8mb4"
 COLLATION = "utf8mb4_bin"
@@ -196,10 +204,7 @@ class MysqlBulk(Bulk):
         values: Sequence[Any],
     ) -> list[tuple[Any, ...]]:
         found: list[tuple[Any, ...]] = []
-        fixed = "".join(
-            f"`{c}` IS NULL AND " if v is None else f"`{c}` = %s AND " for c, v in where.items()
-        )
-        given = [v for v in where.values() if v is not None]
+        fixed, given = matching(where, lambda c: f"`{c}`", "%s")
         with self.raw.cursor() as cur:
             for chunk in _chunks(values):
                 cur.execute(

@@ -29,6 +29,7 @@ from etl.load.backends import (
     SessionLocks,
     first_line,
     lock_key,
+    matching,
     quoted,
 )
 
@@ -131,9 +132,7 @@ class PostgresBulk(Bulk):
         # sync), which made each page's lookup cost the batch's size. OFFSET 0 keeps the
         # subquery from being flattened into a join it could plan that way.
         value_type = table.c[in_column].type.compile(dialect=self.conn.dialect)
-        fixed = "".join(
-            f't."{c}" IS NULL AND ' if v is None else f't."{c}" = %s AND ' for c, v in where.items()
-        )
+        fixed, given = matching(where, lambda c: f't."{c}"', "%s")
         sql = (
             f"SELECT {', '.join(f't.{c}' for c in quoted(columns).split(', '))} "  # noqa: S608
             f"FROM unnest(%s::{value_type}[]) AS k(v) JOIN LATERAL "
@@ -141,7 +140,7 @@ class PostgresBulk(Bulk):
             "ON true"
         )
         with self.raw.cursor() as cur:
-            cur.execute(sql, [list(values), *(v for v in where.values() if v is not None)])
+            cur.execute(sql, [list(values), *given])
             return list(cur.fetchall())
 
     def insert(self, table: Table, columns: Sequence[str], rows: Iterable[Row]) -> None:

@@ -35,6 +35,7 @@ from etl.load.backends import (
     ProcessLocalLocks,
     Row,
     first_line,
+    matching,
     quoted,
 )
 
@@ -154,10 +155,7 @@ class SqliteBulk(Bulk):
         values: Sequence[Any],
     ) -> list[tuple[Any, ...]]:
         found: list[tuple[Any, ...]] = []
-        fixed = "".join(
-            f'"{c}" IS NULL AND ' if v is None else f'"{c}" = ? AND ' for c, v in where.items()
-        )
-        given = [v for v in where.values() if v is not None]
+        fixed, given = matching(where, lambda c: f'"{c}"', "?")
         cur = self.raw.cursor()
         try:
             for chunk in _chunks(values):
