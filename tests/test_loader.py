@@ -484,6 +484,30 @@ def test_a_twin_that_vanishes_from_the_middle_is_the_one_marked_removed(setup: S
     assert [r.id for r in removed] == [ids["FUTURE"]]
 
 
+def test_twins_read_on_one_page_are_not_handed_out_again_once_a_later_page_claims_them(
+    setup: Setup,
+) -> None:
+    b = setup.batch
+    setup.load([call(b, "FUTURE")] * 4 + [call(b, "PENDING")] * 2)
+    before = {key: status for key, status, _ in stored_states(setup.engine)}
+
+    # A page each. The first page reads the definition's six rows to match the EXPIRED call
+    # (a PENDING row: the furthest along); the third claims a FUTURE row by its digest; the
+    # fourth matches its PENDING call by state again, from what the first page read: that
+    # must be one of the three FUTURE rows still unclaimed, never the one the third claimed.
+    states = ["EXPIRED", "PENDING", "FUTURE", "PENDING", "FUTURE", "FUTURE"]
+    results = setup.load(*[[call(b, s)] for s in states])
+
+    assert sum(r.counts.updated for r in results) == 2
+    assert sum(r.counts.inserted for r in results) == 0
+    after = {key: status for key, status, _ in stored_states(setup.engine)}
+    assert after.keys() == before.keys()
+    assert sorted(after.values()) == sorted(states)
+    assert all(status_rank(after[k]) >= status_rank(before[k]) for k in after)
+    c = scheduled_calls.c
+    assert fetch(setup.engine, select(c.id).where(c.removed_at.is_not(None))) == []
+
+
 def test_a_final_row_is_never_matched_to_a_waiting_record(setup: Setup) -> None:
     b = setup.batch
     setup.load([call(b, "EXPIRED")])

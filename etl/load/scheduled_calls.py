@@ -80,7 +80,18 @@ class StoredCall(NamedTuple):
         return _occurrence(self.call_key)
 
 
+class Twin(NamedTuple):
+    """A stored call without a callId, as matching by state reads it (rule 3)."""
+
+    id: int
+    occurrence: int
+    status: str
+    error: str | None
+    removed: bool
+
+
 _STORED = StoredCall._fields
+_TWIN_COLUMNS = ("id", "definition_digest", "call_key", "status", "error", "removed_at")
 _BY_DIGEST = ("id", "record_digest", "removed_at")
 # What a write sets; first_seen_at only on insert.
 _WRITTEN = (
@@ -156,6 +167,12 @@ class ScheduledCallLoader:
         row of the batch is then one this sync stored and claimed, so a record can only be a
         stored row by its callId (and is then listed twice), and a new row's number comes
         from here instead of a lookup of its definition's rows."""
+        self._twins: dict[str, list[Twin]] = {}
+        """Per definition, its stored rows without a callId this sync has not claimed, in
+        occurrence order. A definition's rows are read once per sync, when a call of it first
+        needs matching by state: a definition can have thousands of twins, and reading them
+        again on every page made a re-sync quadratic in the batch's size. A claimed row
+        leaves; an unclaimed one this sync has not written, so what was read stays true."""
         self._first_page = True
 
     def load_page(self, page: Page, listing: Listing) -> PageResult:
@@ -335,40 +352,67 @@ class ScheduledCallLoader:
             seen.add(holder.id)
             matches.append(_Match(call, holder, holder.call_key))
 
-        definitions = {c.definition_digest for c in by_state}
-        by_definition: dict[str, list[StoredCall]] = defaultdict(list)
-        # A fresh batch's rows are all claimed already: none can be matched by state. Else
-        # only a row without a callId can be: its definition's twins with one (thousands, in
-        # a large batch) stay in the database.
+        # A fresh batch's rows are all claimed already: none can be matched by state.
         if self._fresh is None:
-            for row in sorted(
-                map(
-                    StoredCall._make,
-                    db.select_in(
-                        scheduled_calls,
-                        _STORED,
-                        {"batch_id": batch_id, "call_id": None},
-                        "definition_digest",
-                        sorted(definitions),
-                    ),
-                ),
-                key=lambda r: r.occurrence,
-            ):
-                by_definition[row.definition_digest].append(row)
+            self._read_twins(db, {c.definition_digest for c in by_state})
+        chosen: list[tuple[NormalizedScheduledCall, Twin]] = []
         unmatched: list[NormalizedScheduledCall] = []
         for call in by_state:
-            match = _best_candidate(by_definition.get(call.definition_digest, ()), call, seen)
-            if match is None:
+            twin = _best_candidate(self._twins.get(call.definition_digest, ()), call, seen)
+            if twin is None:
                 unmatched.append(call)
                 continue
-            seen.add(match.id)
-            matches.append(_Match(call, match, match.call_key))
+            seen.add(twin.id)
+            chosen.append((call, twin))
+        self._forget_claimed({c.definition_digest for c in by_state})
+        rows = db.select_in(scheduled_calls, _STORED, {}, "id", [t.id for _, t in chosen])
+        by_id = {row.id: row for row in map(StoredCall._make, rows)}
+        matches += [_Match(call, by_id[t.id], by_id[t.id].call_key) for call, t in chosen]
         next_occurrence = self._highest_occurrences(db, {c.definition_digest for c in unmatched})
         for call in unmatched:
             occurrence = next_occurrence.get(call.definition_digest, 0) + 1
             next_occurrence[call.definition_digest] = occurrence
             matches.append(_Match(call, None, f"{call.definition_digest}#{occurrence}"))
         return matches
+
+    def _read_twins(self, db: Bulk, definitions: set[str]) -> None:
+        """Read the unclaimed rows without a callId of the definitions not read yet (only a
+        row without a callId can be matched by state: a definition's twins with one, often
+        most of them in a large batch, stay in the database)."""
+        unread = sorted(d for d in definitions if d not in self._twins)
+        if not unread:
+            return
+        read: dict[str, list[Twin]] = defaultdict(list)
+        words: dict[str, str] = {}  # one string per status and error, not one per row
+        for row_id, definition, call_key, status, error, removed_at in db.select_in(
+            scheduled_calls,
+            _TWIN_COLUMNS,
+            {"batch_id": self.batch.batch_id, "call_id": None},
+            "definition_digest",
+            unread,
+        ):
+            if row_id not in self._seen:
+                read[definition].append(
+                    Twin(
+                        row_id,
+                        _occurrence(call_key),
+                        words.setdefault(status, status),
+                        error and words.setdefault(error, error),
+                        removed_at is not None,
+                    )
+                )
+        for definition, twins in read.items():
+            self._twins[definition] = sorted(twins, key=operator.attrgetter("occurrence"))
+
+    def _forget_claimed(self, definitions: set[str]) -> None:
+        """Drop the claimed rows of these definitions (and a definition with none left: read
+        again, it would hold only claimed rows)."""
+        for definition in definitions:
+            left = [t for t in self._twins.get(definition, ()) if t.id not in self._seen]
+            if left:
+                self._twins[definition] = left
+            else:
+                self._twins.pop(definition, None)
 
     def _highest_occurrences(self, db: Bulk, definitions: set[str]) -> dict[str, int]:
         """The highest occurrence number stored for each definition (absent: none), read
@@ -606,28 +650,28 @@ def _written(match: _Match, ts: Any) -> tuple[Any, ...]:
 
 
 def _best_candidate(
-    rows: Iterable[StoredCall], call: NormalizedScheduledCall, seen: SeenIds
-) -> StoredCall | None:
+    twins: Iterable[Twin], call: NormalizedScheduledCall, seen: SeenIds
+) -> Twin | None:
     """The unclaimed row of the call's definition it is, by state before order; None if
-    none can be (see the module doc). `rows` come in occurrence order."""
+    none can be (see the module doc). `twins` come in occurrence order."""
     status, error = call.call.status, call.call.error
     rank = status_rank(status)
     best: tuple[int, int, int] | None = None
     chosen = None
-    for row in rows:
-        if row.id in seen or row.call_id is not None:
+    for twin in twins:
+        if twin.id in seen:
             continue
-        if row.status == status:
-            tier = 0 if row.error == error and call.call.call_id is None else 1
+        if twin.status == status:
+            tier = 0 if twin.error == error and call.call.call_id is None else 1
             closeness = 0
-        elif status_rank(row.status) < rank:
-            tier, closeness = 2, rank - status_rank(row.status)
+        elif status_rank(twin.status) < rank:
+            tier, closeness = 2, rank - status_rank(twin.status)
         else:
             continue
         # A row marked removed comes back only when no row still listed can be this call.
-        score = (0 if row.removed_at is None else 1, tier, closeness)
+        score = (1 if twin.removed else 0, tier, closeness)
         if best is None or score < best:
-            best, chosen = score, row
+            best, chosen = score, twin
     return chosen
 
 
