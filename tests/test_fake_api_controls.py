@@ -88,6 +88,35 @@ def test_listings_can_be_served_reversed_or_shuffled(
         fake_api.set_order(BATCH, unknown)
 
 
+def test_the_created_calls_listing_follows_every_change_to_the_batchs_calls(
+    fake_api: FakeUltravox, api_session: requests.Session
+) -> None:
+    batch = fake_api.add_batch(AGENT_ID, BATCH, generate_calls(BATCH, 40))
+    url = listing_url(fake_api, "created_calls")
+
+    def listed() -> list[str]:
+        return [c["callId"] for c in walk(api_session, url, pageSize=9)]
+
+    def expected() -> list[str]:
+        ids = [c["callId"] for c in batch.calls if c.get("callId")]
+        return list(dict.fromkeys(ids))
+
+    assert listed() == expected() and listed()  # listed twice: the second from what was derived
+    first = batch.calls.pop(0)  # slot 0 is always SUCCESS
+    assert first["callId"] not in listed()
+    batch.calls[1] = {**batch.calls[1], "status": "SUCCESS", "callId": "new-call-1"}
+    batch.calls.append({**batch.calls[2], "status": "SUCCESS", "callId": "new-call-2"})
+    batch.calls.insert(0, first)
+    del batch.calls[-1]
+    assert listed() == expected()
+    assert "new-call-1" in listed() and "new-call-2" not in listed()
+    batch.calls = [c for c in batch.calls if c.get("callId") != "new-call-1"]  # a plain list
+    batch.calls.append({**batch.calls[2], "status": "SUCCESS", "callId": "new-call-3"})
+    assert listed() == expected() == listed()
+    fake_api.advance_batches(0.5)
+    assert listed() == expected()
+
+
 def test_a_call_dropped_mid_listing_moves_the_rest_up(
     fake_api: FakeUltravox, api_session: requests.Session
 ) -> None:

@@ -13,9 +13,9 @@ FakeBatch's methods expect the caller (FakeUltravox) to hold its lock.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from etl.fake_api.calls import generate_call
 from etl.fake_api.scheduled_calls import ERRORS, OPEN_STATUSES, STATUSES, seeded_uuid
@@ -32,6 +32,62 @@ _Item = TypeVar("_Item")
 CreatedCallEntry = tuple[str, Mapping[str, Any] | None]
 """A listed created call: its callId and the scheduled call that created it (None for a
 hand-made Call no scheduled call names)."""
+
+
+class CallList(list[dict[str, Any]]):
+    """A batch's scheduled calls: a list that counts the changes made to it, so that what is
+    derived from it (the created calls' listing) is computed again only after one."""
+
+    changes = 0
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        super().__setitem__(index, value)
+        self._changed()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._changed()
+
+    # list's own `+=` does not go through `extend`; typeshed's list has the same ignore.
+    def __iadd__(self, values: Iterable[dict[str, Any]], /) -> Self:  # type: ignore[override,misc]
+        self.extend(values)
+        return self
+
+    def append(self, value: dict[str, Any]) -> None:
+        super().append(value)
+        self._changed()
+
+    def extend(self, values: Any) -> None:
+        super().extend(values)
+        self._changed()
+
+    def insert(self, index: Any, value: dict[str, Any]) -> None:
+        super().insert(index, value)
+        self._changed()
+
+    def pop(self, index: Any = -1) -> dict[str, Any]:
+        value = super().pop(index)
+        self._changed()
+        return value
+
+    def remove(self, value: dict[str, Any]) -> None:
+        super().remove(value)
+        self._changed()
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        super().sort(*args, **kwargs)
+        self._changed()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._changed()
 
 
 @dataclass
@@ -60,6 +116,17 @@ class FakeBatch:
     scheduled call still names them."""
     order: ListingOrder = "stored"
     order_seed: int = 0
+    _created_calls_changes: int = field(default=0, repr=False, compare=False)
+    """Changes to what the created calls' listing holds besides `calls`: Calls made by hand,
+    deleted."""
+    _created_call_entries: tuple[Any, list[CreatedCallEntry]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """(what it was derived from, the created calls' listing): a large batch's listing is
+    derived once per change, not once per page served."""
+
+    def __post_init__(self) -> None:
+        self.calls = CallList(self.calls)
 
     def as_api(self) -> dict[str, Any]:
         """The ScheduledCallBatch JSON object (without the write-only `calls`)."""
@@ -105,6 +172,21 @@ class FakeBatch:
 
     def created_call_entries(self) -> list[CreatedCallEntry]:
         """The created calls in listing order, as (callId, scheduled call) pairs."""
+        calls = self.calls
+        if not isinstance(calls, CallList):  # a plain list set in place of ours: changes unseen
+            return self._derived_created_call_entries()
+        derived_from = (
+            id(calls),
+            calls.changes,
+            self._created_calls_changes,
+            self.order,
+            self.order_seed,
+        )
+        if self._created_call_entries is None or self._created_call_entries[0] != derived_from:
+            self._created_call_entries = (derived_from, self._derived_created_call_entries())
+        return self._created_call_entries[1]
+
+    def _derived_created_call_entries(self) -> list[CreatedCallEntry]:
         entries: list[CreatedCallEntry] = []
         listed: set[str] = set()
         for scheduled in self.calls:
@@ -218,6 +300,7 @@ class FakeBatch:
         """Serve `record` as the Call `call_id` (see hand_made_calls)."""
         self.deleted_call_ids.discard(call_id)
         self.hand_made_calls[call_id] = record
+        self._created_calls_changes += 1
 
     def remove_created_call(self, call_id: str) -> None:
         """Delete a Call from the listing (KeyError if it is not listed)."""
@@ -225,3 +308,4 @@ class FakeBatch:
             raise KeyError(call_id)
         self.hand_made_calls.pop(call_id, None)
         self.deleted_call_ids.add(call_id)
+        self._created_calls_changes += 1
