@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -30,7 +31,7 @@ from etl.load import batches as batch_store
 from etl.load import scheduled_calls as loader_module
 from etl.load.backends import ProcessLocalLocks
 from etl.load.database import upgrade_to_head
-from etl.load.scheduled_calls import ScheduledCallLoader
+from etl.load.scheduled_calls import ScheduledCallLoader, StoredDefinitions
 from etl.load.schema import (
     rejected_records,
     scheduled_call_data_messages,
@@ -605,3 +606,20 @@ def test_a_listing_that_writes_forgets_the_pages_of_the_other_listings(setup: Se
 
     listings = rows(setup.engine, "SELECT listing FROM etl_listing_pages")
     assert [r.listing.split(":", 1)[1] for r in listings] == ["status=ERROR"]
+
+
+def test_stored_definitions_never_miss_one_and_rarely_ask_about_one_never_stored() -> None:
+    stored = StoredDefinitions()
+    rng = random.Random(0)
+    digests = [f"{rng.getrandbits(128):032x}" for _ in range(200_000)]
+    mine, others = digests[:100_000], digests[100_000:]
+    for definition in mine:
+        stored.note(definition, 1)
+    stored.note(mine[0], 2)
+    stored.note(mine[0], 3)
+
+    known, ask = stored.highest(mine)
+    assert known == {mine[0]: 3} and ask == set(mine[1:])  # each stored one: never "none"
+    known, ask = stored.highest(others)
+    assert len(ask) < 100  # expected about 33 of 100,000 (3 hashes into 2^22 bits)
+    assert known == dict.fromkeys(set(others) - ask, 0)

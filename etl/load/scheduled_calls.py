@@ -144,6 +144,51 @@ class SeenIds:
         return byte < len(self._bits) and bool(self._bits[byte] & (1 << bit))
 
 
+class StoredDefinitions:
+    """The definitions one sync has stored rows of, and the highest occurrence number of those
+    it stored more than once (twins are a few in a batch; all definitions are the batch).
+
+    The others are in a Bloom filter of a fixed 512 KiB, however large the batch: the digests
+    are uniformly random already, so three slices of one serve as its three hashes. "Not
+    stored" is certain; "stored once" may be wrong (about one time in 3,000 at 100,000
+    definitions), so the caller asks the database what that definition holds."""
+
+    _BITS = 22
+
+    def __init__(self) -> None:
+        self._filter = bytearray((1 << self._BITS) // 8)
+        self._twins: dict[str, int] = {}
+
+    def _positions(self, definition_digest: str) -> tuple[int, int, int]:
+        n = int(definition_digest[:18], 16)  # 72 bits: three slices of 22
+        mask = (1 << self._BITS) - 1
+        return n & mask, (n >> self._BITS) & mask, (n >> 2 * self._BITS) & mask
+
+    def note(self, definition_digest: str, occurrence: int) -> None:
+        """A row of the definition with this occurrence number was stored."""
+        if occurrence > 1:
+            self._twins[definition_digest] = max(occurrence, self._twins.get(definition_digest, 0))
+        for position in self._positions(definition_digest):
+            self._filter[position >> 3] |= 1 << (position & 7)
+
+    def highest(self, definitions: Iterable[str]) -> tuple[dict[str, int], set[str]]:
+        """The highest occurrence stored of each definition this knows of (0: none); and
+        the definitions that may have one row stored, for the database to answer."""
+        known: dict[str, int] = {}
+        ask: set[str] = set()
+        for definition in definitions:
+            if definition in self._twins:
+                known[definition] = self._twins[definition]
+            elif all(
+                self._filter[position >> 3] & (1 << (position & 7))
+                for position in self._positions(definition)
+            ):
+                ask.add(definition)
+            else:
+                known[definition] = 0
+        return known, ask
+
+
 class _Match(NamedTuple):
     call: NormalizedScheduledCall
     stored: StoredCall | None
@@ -161,12 +206,11 @@ class ScheduledCallLoader:
         self.memory = PageMemory(context.conn, self.batch.batch_id, STREAM, NORMALIZER_VERSION)
         self._seen = SeenIds()
         self._removed: set[int] | None = None
-        self._fresh: dict[int, int] | None = None
-        """When the batch had no stored call as this sync began: the highest occurrence number
-        this sync has stored per definition (keyed by the first 8 bytes of its digest). Every
-        row of the batch is then one this sync stored and claimed, so a record can only be a
-        stored row by its callId (and is then listed twice), and a new row's number comes
-        from here instead of a lookup of its definition's rows."""
+        self._fresh: StoredDefinitions | None = None
+        """When the batch had no stored call as this sync began: the definitions this sync has
+        stored. Every row of the batch is then one this sync stored and claimed, so a record
+        can only be a stored row by its callId (and is then listed twice), and a new row's
+        number needs a lookup of its definition's rows only if this sync stored one."""
         self._twins: dict[str, list[Twin]] = {}
         """Per definition, its stored rows without a callId this sync has not claimed, in
         occurrence order. A definition's rows are read once per sync, when a call of it first
@@ -219,7 +263,7 @@ class ScheduledCallLoader:
             stored = self.context.conn.execute(
                 select(c.id).where(c.batch_id == self.batch.batch_id).limit(1)
             ).first()
-        self._fresh = {} if stored is None else None
+        self._fresh = StoredDefinitions() if stored is None else None
 
     def _claimed_all(self, members: list[Member]) -> bool:
         """Claim the remembered rows of a page that came again, unless one of them was
@@ -416,10 +460,13 @@ class ScheduledCallLoader:
 
     def _highest_occurrences(self, db: Bulk, definitions: set[str]) -> dict[str, int]:
         """The highest occurrence number stored for each definition (absent: none), read
-        only for the definitions that get a new row (on a re-sync, rarely any)."""
-        if self._fresh is not None:
-            return {d: self._fresh.get(_short(d), 0) for d in definitions}
+        only for the definitions that get a new row (on a re-sync, rarely any; on a first
+        sync, those it may have stored already)."""
         highest: dict[str, int] = {}
+        if self._fresh is not None:
+            highest, definitions = self._fresh.highest(definitions)
+        if not definitions:
+            return highest
         for definition, call_key in db.select_in(
             scheduled_calls,
             ("definition_digest", "call_key"),
@@ -448,8 +495,7 @@ class ScheduledCallLoader:
             self._seen.add(row_id)
             members[m.call.position] = (str(row_id), m.call.record_digest)
             if self._fresh is not None:
-                short = _short(m.call.definition_digest)
-                self._fresh[short] = max(self._fresh.get(short, 0), _occurrence(m.call_key))
+                self._fresh.note(m.call.definition_digest, _occurrence(m.call_key))
         for m in old:
             members[m.call.position] = (str(_stored(m).id), m.call.record_digest)
         db.update_rows(
@@ -588,12 +634,6 @@ class ScheduledCallLoader:
 def _occurrence(call_key: str) -> int:
     """The occurrence number of a call key, `<definition digest>#<n>`."""
     return int(call_key.rpartition("#")[2])
-
-
-def _short(definition_digest: str) -> int:
-    """The first 8 bytes of a digest: a small, exact-enough key (two definitions sharing
-    one would only share a count, leaving a gap in the occurrence numbers)."""
-    return int(definition_digest[:16], 16)
 
 
 def _renumber_taken_keys(db: Bulk, batch_id: str, new: list[_Match]) -> bool:
