@@ -188,6 +188,23 @@ def test_full_pagination_returns_every_call_once_in_order(
         assert KEY not in str(request.query)
 
 
+def test_a_netrc_file_adds_no_credentials_to_the_api_requests(
+    fake: FakeUltravox,
+    batch: FakeBatch,
+    waits: list[float],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-secret\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    with UltravoxClient(make_settings(fake.base_url), KEY, sleep=waits.append) as c:
+        assert len(list(pages_of(c))) == 10
+
+    assert all(r.header("X-API-Key") == KEY for r in fake.requests)
+    assert [r.header("Authorization") for r in fake.requests] == [None] * 10
+
+
 def test_page_size_comes_from_the_settings(
     fake: FakeUltravox, batch: FakeBatch, waits: list[float]
 ) -> None:

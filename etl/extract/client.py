@@ -235,6 +235,19 @@ class ApiResponse:
     """A digest of the body's bytes: equal bodies, equal digests (see etl.load.page_memory)."""
 
 
+class ApiKeyHeader(requests.auth.AuthBase):
+    """The API key in the `X-API-Key` header, as the session's auth: with an auth of its own,
+    requests never looks in ~/.netrc for another (a file lookup before every request, and a
+    password nobody configured sent to the API)."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["X-API-Key"] = self._api_key
+        return request
+
+
 class UltravoxClient:
     """GET JSON from the configured Ultravox API with bounded, jittered retries.
 
@@ -263,12 +276,9 @@ class UltravoxClient:
         self._session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=pool))
         self._session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=pool))
         self._session.headers.update(
-            {
-                "X-API-Key": api_key,
-                "Accept": "application/json",
-                "User-Agent": f"ultravox-etl/{__version__}",
-            }
+            {"Accept": "application/json", "User-Agent": f"ultravox-etl/{__version__}"}
         )
+        self._session.auth = ApiKeyHeader(api_key)
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(settings.max_attempts)
             | stop_after_waiting(settings.max_wait_seconds)
