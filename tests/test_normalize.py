@@ -19,7 +19,13 @@ import pytest
 
 from etl.config import BatchRef
 from etl.domain import KNOWN_STATUSES
-from etl.normalize.json_values import RecordError, RejectedRecord, storable_payload, without_keys
+from etl.normalize.json_values import (
+    RecordError,
+    RejectedRecord,
+    storable_payload,
+    unstorable_reason,
+    without_keys,
+)
 from etl.normalize.medium import MEDIA_COLUMNS, SECRET_MEDIUM_KEYS, MediaRow
 from etl.streams.scheduled_calls import (
     NormalizedScheduledCall,
@@ -1031,3 +1037,19 @@ def test_a_rejected_payload_holds_at_most_31_levels_which_mariadb_accepts() -> N
     assert reject.reason.startswith("nested deeper than 32 levels")
     assert _levels(reject.payload) == 31
     assert "(nested 32 levels deep or deeper: not kept)" in json.dumps(reject.payload)
+
+
+def test_a_strictly_parsed_record_is_still_rejected_when_nested_too_deep() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    # Read by orjson (no NaN or infinity possible), only a record with 32 or more objects
+    # and arrays is walked; a deep one has them, a shallow one with many is walked and passes.
+    with pytest.raises(RecordError, match="nested deeper than 32 levels"):
+        check_record(make_record(metadata={"tree": deep}), BATCH, lenient=False)
+    check_record(make_record(templateContext={"rows": [{"n": n} for n in range(40)]}), BATCH,
+                 lenient=False)  # fmt: skip
+    assert unstorable_reason({"callId": "c", "tree": deep}, lenient=False) == (
+        "nested deeper than 32 levels"
+    )
+    assert unstorable_reason({"callId": "c", "rows": [[{}]] * 40}, lenient=False) is None

@@ -126,7 +126,7 @@ def normalize_call(record: Any, digest: str, lenient: bool) -> KeyedRows:
     call_id = call_id_of(record)
     if call_id is None or len(call_id) > ID_MAX_LENGTH:
         raise RecordError(f"missing 'callId', or longer than {ID_MAX_LENGTH} characters")
-    reason = unstorable_reason(record)
+    reason = unstorable_reason(record, lenient=lenient)
     if reason is not None:
         raise RecordError(reason)
     rest = without_call_secrets(record)

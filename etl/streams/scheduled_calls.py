@@ -39,7 +39,6 @@ from etl.load.schema import (
     scheduled_calls,
 )
 from etl.normalize.json_values import (
-    MAX_RECORD_DEPTH,
     RecordError,
     ascii_json,
     canonical_json,
@@ -171,16 +170,9 @@ def check_record(record: Any, batch: BatchRef, *, lenient: bool = True) -> None:
         raise RecordError("'medium' is neither an object nor null")
     if not isinstance(record.get("metadata"), dict | None):
         raise RecordError("'metadata' is neither an object nor null")
-    if lenient or _may_be_deep(record):
-        reason = unstorable_reason(record)
-        if reason is not None:
-            raise RecordError(reason)
-
-
-def _may_be_deep(record: Mapping[str, Any]) -> bool:
-    """False when the record has too few objects and arrays to be nested too deep."""
-    text = canonical_json_bytes(record)
-    return text.count(b"{") + text.count(b"[") >= MAX_RECORD_DEPTH
+    reason = unstorable_reason(record, lenient=lenient)
+    if reason is not None:
+        raise RecordError(reason)
 
 
 def secret_free_payload(record: Any) -> Any:
