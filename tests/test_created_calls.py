@@ -9,6 +9,7 @@ on every database.
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from etl.fake_api import SECRET_MARK, FakeBatch, FakeUltravox, call_secrets, generate_calls
+from etl.load.keyed_rows import SeenKeys
 from etl.load.schema import call_metadata, calls
 from etl.normalize.json_values import RecordError
 from etl.streams import page_size_of
@@ -378,3 +380,20 @@ def test_no_secret_of_a_call_reaches_the_database_or_the_logs(
         assert secret not in result.stdout, secret
     assert TEST_API_KEY not in stored + logged
     assert rows(engine, "SELECT count(*) FROM calls WHERE join_url_set IS NOT NULL")[0][0] > 0
+
+
+def test_seen_keys_know_every_key_added_across_merges_and_no_other() -> None:
+    seen = SeenKeys()
+    # Numbers alike in their high half, and random ones (a callId is a random UUID).
+    rng = random.Random(0)
+    ids = [str(uuid.UUID(int=n * 7_919_993_123_456_789 + 1)) for n in range(40_000)]
+    ids += [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(40_000)]
+    added, others = ids[::2], ids[1::2]  # 40,000 each: the added ones cross two merges
+    lettered = next(key for key in added if key != key.upper())
+    odd = ["not-a-uuid", lettered.upper(), added[1][:-1], ""]
+    seen.update(added[:20_000])
+    for key in [*added[20_000:], odd[0]]:
+        seen.add(key)
+
+    assert all(key in seen for key in added) and odd[0] in seen
+    assert not any(key in seen for key in [*others, *odd[1:]])
