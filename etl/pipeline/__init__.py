@@ -33,7 +33,7 @@ from etl.load.database import (
     upgrade_to_head,
 )
 from etl.pipeline.batch import Progress, RunContext, sync_target
-from etl.pipeline.memory import fewer_collections
+from etl.pipeline.memory import fewer_collections, fewer_malloc_arenas
 from etl.pipeline.targets import (
     Plan,
     mark_gone_batches_removed,
@@ -79,6 +79,7 @@ def sync(
             upgrade_to_head(engine)
         else:
             require_head(engine)
+        fewer_malloc_arenas()
         with fewer_collections():
             return run_sync(
                 config, engine, batch_ids=batch_ids, full=full, strict=strict, progress=progress
