@@ -157,7 +157,7 @@ class StoredDefinitions:
 
     def __init__(self) -> None:
         self._filter = bytearray((1 << self._BITS) // 8)
-        self._twins: dict[str, int] = {}
+        self._highest_twin: dict[str, int] = {}
 
     def _positions(self, definition_digest: str) -> tuple[int, int, int]:
         n = int(definition_digest[:18], 16)  # 72 bits: three slices of 22
@@ -167,7 +167,8 @@ class StoredDefinitions:
     def note(self, definition_digest: str, occurrence: int) -> None:
         """A row of the definition with this occurrence number was stored."""
         if occurrence > 1:
-            self._twins[definition_digest] = max(occurrence, self._twins.get(definition_digest, 0))
+            known = self._highest_twin.get(definition_digest, 0)
+            self._highest_twin[definition_digest] = max(occurrence, known)
         for position in self._positions(definition_digest):
             self._filter[position >> 3] |= 1 << (position & 7)
 
@@ -177,8 +178,8 @@ class StoredDefinitions:
         known: dict[str, int] = {}
         ask: set[str] = set()
         for definition in definitions:
-            if definition in self._twins:
-                known[definition] = self._twins[definition]
+            if definition in self._highest_twin:
+                known[definition] = self._highest_twin[definition]
             elif all(
                 self._filter[position >> 3] & (1 << (position & 7))
                 for position in self._positions(definition)
