@@ -397,9 +397,10 @@ class ScheduledCallLoader:
             seen.add(holder.id)
             matches.append(_Match(call, holder, holder.call_key))
 
+        definitions = {c.definition_digest for c in by_state}
         # A fresh batch's rows are all claimed already: none can be matched by state.
         if self._fresh is None:
-            self._read_twins(db, {c.definition_digest for c in by_state})
+            self._read_twins(db, definitions)
         chosen: list[tuple[NormalizedScheduledCall, Twin]] = []
         unmatched: list[NormalizedScheduledCall] = []
         for call in by_state:
@@ -409,7 +410,7 @@ class ScheduledCallLoader:
                 continue
             seen.add(twin.id)
             chosen.append((call, twin))
-        self._forget_claimed({c.definition_digest for c in by_state})
+        self._forget_claimed(definitions)
         rows = db.select_in(scheduled_calls, _STORED, {}, "id", [t.id for _, t in chosen])
         by_id = {row.id: row for row in map(StoredCall._make, rows)}
         matches += [_Match(call, by_id[t.id], by_id[t.id].call_key) for call, t in chosen]
